@@ -1,0 +1,70 @@
+"""The `ovss` command line: thin Typer commands that parse, validate and call one engine function.
+
+Each command lives in `ovss_cli/commands/<name>.py` and imports torch only inside its body,
+so `ovss --help` stays instant. Expected failures raise `OvssError`/`UsageError`; `main`
+prints their one-line message and exits with their code (traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Callable
+
+import typer
+
+from ovss_cli.commands import evaluate as evaluate_cmd
+from ovss_cli.commands import predict as predict_cmd
+from ovss_cli.errors import OvssError
+
+app = typer.Typer(
+    name="ovss",
+    help="Semantic segmentation with CLIP where the classes are free text.\n\n"
+    "Example: ovss evaluate --bench toy",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    if debug:
+        os.environ["OVSS_DEBUG"] = "1"
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """Turn an expected `OvssError` into one red line and its exit code (traceback with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except OvssError as err:
+            if os.environ.get("OVSS_DEBUG") == "1":
+                raise
+            typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+def register(name: str, command: Callable, **kwargs) -> None:
+    app.command(name, **kwargs)(friendly_errors(command))
+
+
+register("evaluate", evaluate_cmd.evaluate)
+register("predict", predict_cmd.predict, no_args_is_help=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (`ovss`, `python -m ovss_cli`)."""
+    try:
+        app(args=argv)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""CLIP on open_clip_torch: loading, dense features, prompts and text-embedding cache."""

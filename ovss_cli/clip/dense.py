@@ -1,0 +1,139 @@
+"""Dense CLIP: patch features from CAT-Seg's dense last block, guidance features and fast text encoding.
+
+Wraps an open_clip `CLIP` without changing its modules, so fine-tuning adapters
+(parametrizations and hooks on the blocks, see `ovss_cli.peft`) apply in every path here
+and the weights stay loadable by plain open_clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DenseFeatures:
+    tokens: torch.Tensor  # [B, C, h, w] patch embeddings in the joint image-text space (not normalised)
+    cls: torch.Tensor  # [B, C] the class token, same space
+    guidance: list[torch.Tensor]  # [B, width, h, w] outputs of the requested vision blocks
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int]) -> torch.Tensor:
+    """Resize [1 + H*W, D] positional embeddings bicubically to a new grid; the class slot is kept."""
+    if tuple(grid) == tuple(old_grid):
+        return pos_embed
+    cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
+    dim = patch_pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], dim).to(pos_embed.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+class DenseCLIP(nn.Module):
+    """open_clip CLIP with dense (per-patch) image features at any input size.
+
+    `image_size` is the training/inference resolution: the positional embeddings are resized
+    to its patch grid once here (as CAT-Seg does); other sizes are resized on the fly.
+    """
+
+    def __init__(self, clip_model: nn.Module, image_size: int):
+        super().__init__()
+        visual = clip_model.visual
+        if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
+            raise TypeError("DenseCLIP needs an open_clip ViT CLIP (a `visual.transformer` with `conv1`)")
+        self.clip = clip_model
+        self.patch_size = int(visual.conv1.kernel_size[0])
+        self.image_size = int(image_size)
+        old_grid = tuple(int(g) for g in visual.grid_size)
+        grid = (self.image_size // self.patch_size,) * 2
+        with torch.no_grad():
+            resized = resize_pos_embed(visual.positional_embedding.data, grid, old_grid)
+        visual.positional_embedding = nn.Parameter(resized, requires_grad=visual.positional_embedding.requires_grad)
+        visual.grid_size = grid
+        visual.image_size = (self.image_size, self.image_size)
+        self.grid = grid
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.clip.visual.proj.shape[1])
+
+    @property
+    def vision_width(self) -> int:
+        return int(self.clip.visual.conv1.out_channels)
+
+    @property
+    def vision_layers(self) -> int:
+        return len(self.clip.visual.transformer.resblocks)
+
+    # ----------------------------------------------------------------- image side
+    def _embed_patches(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        visual = self.clip.visual
+        x = visual.conv1(images)  # [B, width, gh, gw]
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + resize_pos_embed(visual.positional_embedding, grid, self.grid).to(x.dtype)
+        return visual.ln_pre(x), grid
+
+    @staticmethod
+    def _dense_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """CAT-Seg's last block: no token mixing; each token gets out_proj(v_proj(ln_1(x))) plus the input CLS token.
+
+        The attention module is called with a mask that lets every token attend only to itself,
+        which computes exactly out_proj(v_proj(.)) while keeping adapters on `attn` in effect.
+        """
+        n = x.shape[1]
+        self_only = torch.full((n, n), float("-inf"), device=x.device, dtype=x.dtype)
+        self_only.fill_diagonal_(0.0)
+        y = block.ln_1(x)
+        attn = block.attn(y, y, y, need_weights=False, attn_mask=self_only)[0]
+        v = block.ls_1(attn) + x[:, :1]
+        return v + block.ls_2(block.mlp(block.ln_2(v)))
+
+    def encode_image_dense(self, images: torch.Tensor, guidance_layers: tuple[int, ...] | list[int] = ()) -> DenseFeatures:
+        """Dense features of `images` [B, 3, H, W] (CLIP-normalised); H, W multiples of the patch size."""
+        visual = self.clip.visual
+        x, grid = self._embed_patches(images)
+        blocks = visual.transformer.resblocks
+        wanted = set(guidance_layers)
+        if wanted and (min(wanted) < 0 or max(wanted) >= len(blocks) - 1):
+            raise ValueError(f"guidance layers {sorted(wanted)} must lie in [0, {len(blocks) - 2}]")
+        guidance = {}
+        for index, block in enumerate(blocks[:-1]):
+            x = block(x)
+            if index in wanted:
+                guidance[index] = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
+        x = self._dense_last_block(blocks[-1], x)
+        x = visual.ln_post(x) @ visual.proj
+        tokens = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
+        return DenseFeatures(tokens=tokens, cls=x[:, 0], guidance=[guidance[i] for i in guidance_layers])
+
+    # ----------------------------------------------------------------- text side
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """open_clip's encode_text, run only up to the longest prompt's end token.
+
+        The text transformer is causal and pools at the end token, so positions after the
+        longest prompt cannot influence any output: the result equals the full-length one.
+        """
+        clip = self.clip
+        eot = token_ids.argmax(dim=-1)
+        length = int(eot.max()) + 1
+        x = clip.token_embedding(token_ids[:, :length])
+        x = x + clip.positional_embedding[:length].to(x.dtype)
+        mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+        for block in clip.transformer.resblocks:
+            x = block(x, attn_mask=mask)
+        x = clip.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+        return pooled @ clip.text_projection
+
+    def class_text_embeddings(self, token_ids: torch.Tensor, num_classes: int, chunk: int = 1024) -> torch.Tensor:
+        """Encode class-major prompts [T*P, ctx] into [T, P, C] (not normalised)."""
+        outputs = [self.encode_text(token_ids[i : i + chunk]) for i in range(0, token_ids.shape[0], chunk)]
+        embeddings = torch.cat(outputs, dim=0)
+        return embeddings.reshape(num_classes, -1, embeddings.shape[-1])

@@ -1,0 +1,68 @@
+"""Class-name text embeddings: prompts, tokenisation and an on-disk cache.
+
+The cache key is the model identity (name + weights identity, given by the caller) plus the
+templates and class names, so a changed vocabulary, prompt or checkpoint never reuses a
+stale entry. Randomly initialised models have no identity and are never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ovss_cli.clip.prompts import build_prompts
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("OVSS_CACHE", Path.home() / ".cache" / "ovss")) / "text"
+
+
+def weights_identity(path: str | Path) -> str:
+    """A cheap identity for a weights file: its resolved path, size and modification time."""
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class TextEncoder:
+    def __init__(self, clip_name: str, templates: list[str], model_id: str | None = None,
+                 cache_dir: Path | None = None):
+        import open_clip
+
+        self.tokenizer = open_clip.get_tokenizer(clip_name)
+        self.templates = list(templates)
+        self.model_id = model_id
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+
+    def tokens(self, class_names: list[str]) -> torch.Tensor:
+        """Token ids [T * P, context] of the class-major prompts."""
+        return self.tokenizer(build_prompts(class_names, self.templates))
+
+    def _cache_path(self, class_names: list[str]) -> Path | None:
+        if not self.model_id:
+            return None
+        key = json.dumps({"model": self.model_id, "templates": self.templates, "classes": class_names})
+        return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+
+    @torch.no_grad()
+    def embed_classes(self, dense_clip, class_names: list[str]) -> torch.Tensor:
+        """[T, P, C] text embeddings (not normalised), from the cache when possible."""
+        from safetensors.torch import load_file, save_file
+
+        device = next(dense_clip.parameters()).device
+        path = self._cache_path(class_names)
+        if path is not None and path.is_file():
+            try:
+                return load_file(str(path))["embeddings"].to(device)
+            except Exception:
+                path.unlink(missing_ok=True)  # a corrupt entry is recomputed
+        embeddings = dense_clip.class_text_embeddings(self.tokens(class_names).to(device), len(class_names)).float()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(f".tmp{os.getpid()}")
+            save_file({"embeddings": embeddings.cpu().contiguous()}, str(temporary))
+            os.replace(temporary, path)
+        return embeddings

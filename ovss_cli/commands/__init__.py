@@ -1,0 +1,1 @@
+"""Thin Typer commands: each parses options, validates, and calls one engine function."""

@@ -1,0 +1,60 @@
+"""Options and model loading shared by `evaluate` and `predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+CheckpointOption = typer.Option(None, "--checkpoint", "-c", help="Trained run folder or checkpoint file (.safetensors). Without it: zero-shot dense CLIP.")
+ClipModelOption = typer.Option(None, "--clip-model", help="open_clip model for the zero-shot baseline [default: ViT-B-16; ovss-tiny for --bench toy].")
+PretrainedOption = typer.Option(None, "--pretrained", help="open_clip tag or local .pt/.safetensors weights for the zero-shot baseline [default: openai; random for ovss-tiny]. '' = random init.")
+ImageSizeOption = typer.Option(None, "--image-size", help="CLIP input size of the zero-shot baseline [default: 384; 64 for ovss-tiny].")
+TemplatesOption = typer.Option("single", "--templates", help="Prompt templates of the zero-shot baseline: single, imagenet80 or imagenet7.")
+ModeOption = typer.Option("sliding", "--mode", help="sliding: CAT-Seg protocol (640 resize, 384 windows stride 256 + global view); whole: one resized view.")
+PrecisionOption = typer.Option("auto", "--precision", help="auto (bf16-mixed on GPU, fp32 on CPU), bf16-mixed, fp16-mixed or fp32.")
+DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when available), cuda or cpu.")
+
+
+def check_mode(mode: str) -> str:
+    from ovss_cli.errors import UsageError
+
+    if mode not in ("sliding", "whole"):
+        raise UsageError(f"--mode must be 'sliding' or 'whole', got '{mode}'")
+    return mode
+
+
+def build_segmenter(checkpoint: Optional[Path], clip_model: Optional[str], pretrained: Optional[str],
+                    image_size: Optional[int], templates: str, device: str, tiny_default: bool):
+    """A trained model from `checkpoint`, else the zero-shot dense-CLIP baseline (in eval mode, on `device`)."""
+    if checkpoint is not None:
+        from ovss_cli.methods.registry import load_segmenter
+
+        return load_segmenter(checkpoint, device)
+    from ovss_cli.clip.config import ClipConfig, build_dense_clip
+    from ovss_cli.config import from_dict
+    from ovss_cli.methods.zeroshot import ZeroShotSegmenter
+
+    tiny = tiny_default and clip_model is None
+    defaults = {"name": "ovss-tiny", "pretrained": "", "image_size": 64} if tiny else {}
+    section = {**ClipConfig().__dict__, **defaults, "templates": templates}
+    for key, value in (("name", clip_model), ("pretrained", pretrained), ("image_size", image_size)):
+        if value is not None:
+            section[key] = value
+    dense, text = build_dense_clip(from_dict(ClipConfig, section, "clip"))
+    return ZeroShotSegmenter(dense, text).to(device).eval()
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    from ovss_cli.errors import UsageError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA device is visible; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], got '{device}'")
+    return device

@@ -1,0 +1,91 @@
+"""`ovss predict`: segment your own images with your own words."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ovss_cli.commands import common
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    from ovss_cli.errors import UsageError
+
+    images: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            images.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise UsageError(f"no such image or folder: {path}")
+    if not images:
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
+    return images
+
+
+def predict(
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class names, comma-separated ('cat, grass, sky'); use ';' to keep synonyms ('building, edifice; sky')."),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help="A shipped vocabulary instead of --classes: ade150, ade847, pc59, pc459, coco_stuff171, voc20, voc21, coco81."),
+    checkpoint: Optional[Path] = common.CheckpointOption,
+    clip_model: Optional[str] = common.ClipModelOption,
+    pretrained: Optional[str] = common.PretrainedOption,
+    image_size: Optional[int] = common.ImageSizeOption,
+    templates: str = common.TemplatesOption,
+    mode: str = common.ModeOption,
+    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder: <name>_label.png, <name>_overlay.png, <name>_legend.png per image."),
+    precision: str = common.PrecisionOption,
+    device: str = common.DeviceOption,
+) -> None:
+    """Segment images with free-text classes; writes a label map, a colour overlay and a legend per image.
+
+    Example: ovss predict photos/ --classes "cat, grass, sky" --checkpoint runs/hclip/20260101-120000 --out seg/
+    """
+    from ovss_cli.data.vocab import load_vocabulary, parse_class_list
+    from ovss_cli.errors import UsageError
+
+    common.check_mode(mode)
+    if (classes is None) == (vocab is None):
+        raise UsageError("give exactly one of --classes 'cat, grass, sky' or --vocab ade150")
+    names = list(parse_class_list(classes) if classes is not None else load_vocabulary(vocab))
+    images = collect_images(list(inputs))
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from ovss_cli.data.io import read_image
+    from ovss_cli.data.transforms import to_clip_tensor
+    from ovss_cli.engine.precision import autocast, resolve_precision
+    from ovss_cli.evaluate.inference import predict_scores
+    from ovss_cli.evaluate.visualize import legend, overlay, palette
+    from ovss_cli.progress import track
+
+    device = common.resolve_device(device)
+    precision = resolve_precision(precision, device)
+    segmenter = common.build_segmenter(checkpoint, clip_model, pretrained, image_size, templates, device,
+                                       tiny_default=False)
+    segmenter.set_vocabulary(names)
+    colours = palette(len(names))
+    out.mkdir(parents=True, exist_ok=True)
+    index = {}
+    for path in track(images, len(images), "predict"):
+        image = read_image(path)
+        with torch.no_grad(), autocast(precision, device):
+            scores = predict_scores(to_clip_tensor(image, device), segmenter.scores, mode, segmenter.window,
+                                    image.shape[:2])
+        label = scores.argmax(dim=0).cpu().numpy()
+        present = [int(i) for i in np.unique(label)]
+        dtype = np.uint8 if len(names) <= 256 else np.uint16
+        cv2.imwrite(str(out / f"{path.stem}_label.png"), label.astype(dtype))
+        cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(overlay(image, label, colours), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(out / f"{path.stem}_legend.png"), cv2.cvtColor(legend(names, present, colours), cv2.COLOR_RGB2BGR))
+        index[path.name] = {names[i]: float((label == i).mean()) for i in present}
+    (out / "classes.json").write_text(json.dumps({"classes": names, "area_fraction": index}, indent=2))
+    typer.echo(f"wrote {len(images)} predictions to {out}")

@@ -1,0 +1,1 @@
+"""Method-agnostic machinery: distributed launch, precision, training loop, checkpoints, logging."""

@@ -1,0 +1,88 @@
+"""Multi-process launch and process-group set-up.
+
+`--gpus N` on one machine relaunches the same `ovss` command through torch.distributed.run
+(torchrun) in-process; plain `torchrun -m ovss_cli ...` works too, since the children only
+read the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from ovss_cli.errors import OvssError, UsageError
+
+# The argv of the running `ovss` invocation (set by ovss_cli.cli.main); children get the same command.
+LAUNCH_ARGV: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def relaunch_if_needed(gpus: int, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
+                       master_port: int = 29500) -> bool:
+    """Run this command again under torchrun with `gpus` processes per node; True if it ran here.
+
+    Returns False when no relaunch is needed (one process, or already a torchrun child).
+    Raises OvssError when any rank failed, so the job exits non-zero.
+    """
+    if gpus < 1 or nnodes < 1:
+        raise UsageError("--gpus and --nnodes must be at least 1")
+    if launched_by_torchrun() or (gpus == 1 and nnodes == 1):
+        return False
+    import torch
+    from torch.distributed.run import parse_args, run
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < gpus:
+        raise UsageError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
+    argv = list(LAUNCH_ARGV if LAUNCH_ARGV is not None else sys.argv[1:])
+    launch = [f"--nproc-per-node={gpus}", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
+              f"--master-addr={master_addr}", f"--master-port={master_port}"]
+    if nnodes == 1:
+        launch = [f"--nproc-per-node={gpus}", "--standalone"]
+    try:
+        run(parse_args([*launch, "-m", "ovss_cli", *argv]))
+    except Exception as err:  # torch's ChildFailedError lists the failing ranks
+        raise OvssError(f"distributed run failed: {str(err).strip().splitlines()[0] if str(err).strip() else err}") from None
+    return True
+
+
+def init_distributed(prefer_cuda: bool = True) -> DistInfo:
+    """Join the process group torchrun set up (if any) and pick this rank's device."""
+    import torch
+    import torch.distributed as dist
+
+    use_cuda = prefer_cuda and torch.cuda.is_available()
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistInfo(device="cuda" if use_cuda else "cpu")
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=f"cuda:{local}" if use_cuda else "cpu")
+
+
+def shutdown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

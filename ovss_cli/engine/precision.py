@@ -1,0 +1,30 @@
+"""Mixed precision: `bf16-mixed` (default on GPU), `fp16-mixed` (with a grad scaler) and `fp32`."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+
+Precision = Literal["bf16-mixed", "fp16-mixed", "fp32"]
+PRECISIONS = ("bf16-mixed", "fp16-mixed", "fp32")
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """'auto'/None -> bf16-mixed on CUDA, fp32 on CPU."""
+    if precision in (None, "auto"):
+        return "bf16-mixed" if device.startswith("cuda") else "fp32"
+    if precision not in PRECISIONS:
+        from ovss_cli.errors import UsageError
+
+        raise UsageError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)} or auto")
+    return precision
+
+
+def autocast(precision: str, device: str):
+    """The autocast context for a precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)

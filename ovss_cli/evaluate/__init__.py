@@ -1,0 +1,1 @@
+"""Confusion-matrix metrics, sliding-window inference and benchmark evaluation."""

@@ -27,13 +27,14 @@ def _is_local_weights(pretrained: str) -> bool:
     return pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in pretrained
 
 
-def create_clip(name: str, pretrained: str | None = None):
+def create_clip(name: str, pretrained: str | None = None, random_init_seed: int = 0):
     """Build open_clip model `name` with weights `pretrained` (a tag, a local file, or None for random init).
 
     A tag that is not in the local cache fails at once (no network retries) with a message
     saying how to pass a local file instead.
     """
     import open_clip
+    import torch
 
     register_ovss_configs()
     if name not in open_clip.list_models():
@@ -43,7 +44,9 @@ def create_clip(name: str, pretrained: str | None = None):
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UsageError(f"unknown CLIP model '{name}'{hint}; see open_clip.list_models()")
     if not pretrained:
-        with _quiet_root_logger():  # open_clip warns that random init is random
+        # Seeded so that every rank (and every run) builds the same random model.
+        with _quiet_root_logger(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random_init_seed)
             return open_clip.create_model(name, pretrained=None)
     if _is_local_weights(pretrained):
         path = Path(pretrained).expanduser()

@@ -1,0 +1,131 @@
+import time
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovss_cli.clip.dense import DenseCLIP, resize_pos_embed
+from ovss_cli.clip.prompts import build_prompts, first_synonym, resolve_templates
+from ovss_cli.clip.text import TextEncoder
+from ovss_cli.clip.zoo import create_clip
+from ovss_cli.errors import OvssError, UsageError
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return create_clip("ovss-tiny").eval()
+
+
+def test_pos_embed_resize_keeps_values_at_original_size():
+    pos = torch.randn(1 + 4 * 4, 8)
+    assert torch.equal(resize_pos_embed(pos, (4, 4), (4, 4)), pos)
+    # A bicubic resize of a constant field is that constant; the class slot is never touched.
+    constant = torch.cat([torch.randn(1, 8), torch.full((16, 8), 0.7)])
+    resized = resize_pos_embed(constant, (6, 5), (4, 4))
+    assert resized.shape == (1 + 30, 8)
+    assert torch.equal(resized[0], constant[0])
+    assert torch.allclose(resized[1:], torch.full((30, 8), 0.7), atol=1e-6)
+
+
+def test_dense_clip_at_native_size_keeps_positional_embedding(tiny):
+    before = tiny.visual.positional_embedding.detach().clone()
+    dense = DenseCLIP(tiny, 64)
+    assert torch.equal(dense.clip.visual.positional_embedding, before)
+
+
+def test_truncated_text_encoding_equals_open_clip(tiny):
+    dense = DenseCLIP(tiny, 64)
+    tokens = open_clip.get_tokenizer("ovss-tiny")(["a cat", "grass", "a photo of the sky above a very long road"])
+    with torch.no_grad():
+        assert torch.allclose(dense.encode_text(tokens), tiny.encode_text(tokens), atol=1e-5)
+
+
+def test_dense_last_block_is_value_path_plus_cls(tiny):
+    """The dense last block computes out_proj(v_proj(ln_1(x))) + x_cls, then the MLP residual."""
+    dense = DenseCLIP(tiny, 64)
+    images = torch.randn(2, 3, 64, 64)
+    captured = {}
+    last = tiny.visual.transformer.resblocks[-1]
+    hook = tiny.visual.transformer.resblocks[-2].register_forward_hook(lambda m, i, o: captured.update(x=o))
+    with torch.no_grad():
+        features = dense.encode_image_dense(images, guidance_layers=[0, 1])
+    hook.remove()
+    x = captured["x"]
+    attn = last.attn
+    width = x.shape[-1]
+    v = F.linear(last.ln_1(x), attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
+    y = F.linear(v, attn.out_proj.weight, attn.out_proj.bias) + x[:, :1]
+    y = y + last.mlp(last.ln_2(y))
+    expected = (tiny.visual.ln_post(y) @ tiny.visual.proj)[:, 1:].transpose(1, 2).reshape(2, -1, 4, 4)
+    assert torch.allclose(features.tokens, expected, atol=1e-5)
+    assert [g.shape for g in features.guidance] == [(2, 64, 4, 4), (2, 64, 4, 4)]
+    assert torch.equal(features.guidance[1], x[:, 1:].transpose(1, 2).reshape(2, 64, 4, 4))
+
+
+def test_dense_features_at_other_sizes(tiny):
+    dense = DenseCLIP(tiny, 64)
+    with torch.no_grad():
+        assert dense.encode_image_dense(torch.randn(1, 3, 96, 48)).tokens.shape == (1, 32, 6, 3)
+
+
+def test_prompts_and_synonyms():
+    assert first_synonym("building, edifice") == "building"
+    assert build_prompts(["building, edifice", "sky"], ["a {}.", "the {}"]) == ["a building.", "the building", "a sky.", "the sky"]
+    assert len(resolve_templates("imagenet80")) == 80
+    assert resolve_templates("single") == ["A photo of a {} in the scene"]
+    with pytest.raises(UsageError):
+        resolve_templates(["no placeholder"])
+
+
+def test_text_cache_roundtrip_and_keys(tiny, tmp_path):
+    dense = DenseCLIP(tiny, 64)
+    encoder = TextEncoder("ovss-tiny", ["a {}."], model_id="tiny|test", cache_dir=tmp_path)
+    first = encoder.embed_classes(dense, ["cat", "dog"])
+    assert first.shape == (2, 1, 32)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    # A poisoned model would change outputs; the cache must return the stored tensor unchanged.
+    with torch.no_grad():
+        tiny.text_projection.add_(1.0)
+    cached = encoder.embed_classes(dense, ["cat", "dog"])
+    with torch.no_grad():
+        tiny.text_projection.sub_(1.0)
+    assert torch.equal(cached, first)
+    # Another vocabulary or template set is another key.
+    TextEncoder("ovss-tiny", ["the {}"], model_id="tiny|test", cache_dir=tmp_path).embed_classes(dense, ["cat", "dog"])
+    encoder.embed_classes(dense, ["cat"])
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+    # Random-init models have no identity and are never cached.
+    TextEncoder("ovss-tiny", ["a {}."], model_id=None, cache_dir=tmp_path / "none").embed_classes(dense, ["cat"])
+    assert not (tmp_path / "none").exists()
+
+
+def test_zoo_errors(tmp_path):
+    with pytest.raises(UsageError, match="did you mean 'ViT-B-16'"):
+        create_clip("ViT-B-61")
+    with pytest.raises(OvssError, match="not found"):
+        create_clip("ovss-tiny", str(tmp_path / "missing.pt"))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(OvssError, match="cannot load CLIP weights"):
+        create_clip("ovss-tiny", str(corrupt))
+    with pytest.raises(UsageError, match="unknown pretrained tag"):
+        create_clip("ovss-tiny", "openai")
+
+
+def test_uncached_tag_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(OvssError, match="pass the file"):
+        create_clip("ViT-B-16", "openai")
+    assert time.monotonic() - start < 60
+
+
+def test_local_weights_file_loads(tiny, tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny.state_dict(), path)
+    loaded = create_clip("ovss-tiny", str(path)).eval()
+    tokens = open_clip.get_tokenizer("ovss-tiny")(["a cat"])
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_text(tokens), tiny.encode_text(tokens))

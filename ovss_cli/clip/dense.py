@@ -88,8 +88,9 @@ class DenseCLIP(nn.Module):
         which computes exactly out_proj(v_proj(.)) while keeping adapters on `attn` in effect.
         """
         n = x.shape[1]
-        self_only = torch.full((n, n), float("-inf"), device=x.device, dtype=x.dtype)
-        self_only.fill_diagonal_(0.0)
+        positions = torch.arange(n, device=x.device)
+        eye = positions[:, None] == positions[None, :]  # (not torch.eye: exports to plain ONNX ops)
+        self_only = torch.zeros((n, n), device=x.device, dtype=x.dtype).masked_fill(~eye, float("-inf"))
         y = block.ln_1(x)
         attn = block.attn(y, y, y, need_weights=False, attn_mask=self_only)[0]
         v = block.ls_1(attn) + x[:, :1]

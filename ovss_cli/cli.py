@@ -16,6 +16,7 @@ import typer
 
 from ovss_cli.commands import evaluate as evaluate_cmd
 from ovss_cli.commands import predict as predict_cmd
+from ovss_cli.commands import prepare as prepare_cmd
 from ovss_cli.errors import OvssError
 
 app = typer.Typer(
@@ -57,6 +58,7 @@ def register(name: str, command: Callable, **kwargs) -> None:
     app.command(name, **kwargs)(friendly_errors(command))
 
 
+register("prepare", prepare_cmd.prepare, no_args_is_help=True)
 register("evaluate", evaluate_cmd.evaluate)
 register("predict", predict_cmd.predict, no_args_is_help=True)
 

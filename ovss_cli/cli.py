@@ -14,9 +14,11 @@ from typing import Callable
 
 import typer
 
+from ovss_cli.commands import benchmark as benchmark_cmd
 from ovss_cli.commands import evaluate as evaluate_cmd
 from ovss_cli.commands import predict as predict_cmd
 from ovss_cli.commands import prepare as prepare_cmd
+from ovss_cli.commands import train as train_cmd
 from ovss_cli.errors import OvssError
 
 app = typer.Typer(
@@ -59,8 +61,16 @@ def register(name: str, command: Callable, **kwargs) -> None:
 
 
 register("prepare", prepare_cmd.prepare, no_args_is_help=True)
+register("train", train_cmd.train, no_args_is_help=True)
+register("distill", train_cmd.distill, no_args_is_help=True)
 register("evaluate", evaluate_cmd.evaluate)
 register("predict", predict_cmd.predict, no_args_is_help=True)
+
+benchmark_app = typer.Typer(help="Speed and memory of training and inference, as ratios to the image encoder alone.",
+                            no_args_is_help=True)
+benchmark_app.command("train")(friendly_errors(benchmark_cmd.benchmark_train))
+benchmark_app.command("eval")(friendly_errors(benchmark_cmd.benchmark_eval))
+app.add_typer(benchmark_app, name="benchmark")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -65,6 +65,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise UsageError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string; users write it that way
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"{where}: expected a number, got {value!r}")
         return float(value)

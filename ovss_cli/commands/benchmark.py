@@ -1,0 +1,217 @@
+"""`ovss benchmark train|eval`: speed and memory of the real training step / inference, next to the
+ceiling set by the CLIP image encoder alone at the same batch, resolution and precision.
+
+Weights are random (speed does not depend on them) and inputs synthetic, so no download or dataset is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from ovss_cli.commands import common
+
+
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mb(device: str) -> float:
+    import torch
+
+    from ovss_cli.engine.trainer import peak_memory_mb
+
+    return peak_memory_mb(torch.device(device))
+
+
+def time_calls(call: Callable[[], None], repeats: int, warmup: int, device: str) -> tuple[float, float]:
+    """(seconds per call, peak memory MB) of `call`, warm-up calls excluded, device synchronised."""
+    for _ in range(warmup):
+        call()
+    _synchronize(device)
+    _reset_peak(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    _synchronize(device)
+    return (time.perf_counter() - start) / repeats, _peak_mb(device)
+
+
+def _encoder(recipe, device: str):
+    """The recipe's CLIP image encoder alone (random weights, every parameter trainable)."""
+    import dataclasses
+
+    from ovss_cli.clip.config import build_dense_clip
+
+    dense, _ = build_dense_clip(dataclasses.replace(recipe.clip, pretrained=""))
+    visual = dense.clip.visual.to(device)
+    for param in visual.parameters():
+        param.requires_grad_(True)
+    return visual
+
+
+def _report(title: str, rows: list[tuple[str, int, float, float]], memory_note: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("what", "batch", "img/s", "ms/step", f"peak memory MB{memory_note}"):
+        table.add_column(column, justify="left" if column == "what" else "right")
+    for what, batch, seconds, memory in rows:
+        table.add_row(what, str(batch), f"{batch / seconds:.2f}", f"{1000 * seconds:.1f}", f"{memory:.0f}")
+    Console(width=max(110, Console().width)).print(table)
+    ratio = (rows[0][1] / rows[0][2]) / (rows[1][1] / rows[1][2])
+    typer.echo(f"{rows[0][0]} runs at {100 * ratio:.1f}% of the image-encoder-only ceiling")
+
+
+def benchmark_train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML whose training step is measured."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.precision=fp16-mixed."),
+    steps: int = typer.Option(10, "--steps", min=1, help="Timed steps."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed warm-up steps first."),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Images per step [default: the recipe's data.batch_size]."),
+    device: str = common.DeviceOption,
+) -> None:
+    """Training speed (img/s, ms/step, peak memory) of a recipe's full step vs. its CLIP image encoder alone.
+
+    Example: ovss benchmark train recipes/catseg_vitb.yaml --batch 8 --steps 20
+    """
+    from ovss_cli.recipes import load_recipe
+
+    parsed = load_recipe(recipe, list(overrides or []))
+    import torch
+
+    from ovss_cli.engine.precision import autocast, resolve_precision
+    from ovss_cli.engine.seeding import seed_everything
+    from ovss_cli.methods.registry import build_model
+
+    device = common.resolve_device(device if device != "auto" or parsed.train.device == "auto" else parsed.train.device)
+    precision = resolve_precision(parsed.train.precision, device)
+    size = parsed.data.crop_size
+    batch = batch or parsed.data.batch_size
+    seed_everything(parsed.seed)
+    model = build_model(parsed, pretrained=False).to(device).train()
+    if parsed.train.activation_checkpointing:
+        model.enable_activation_checkpointing()
+    groups = model.param_groups(parsed.optim)
+    trainable = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=parsed.optim.lr)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16-mixed")
+    inputs = {"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device),
+              "label": torch.randint(0, len(model.train_classes), (batch, size, size), device=device)}
+
+    def train_step() -> None:
+        with autocast(precision, device):
+            loss = model(inputs)["loss"]
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if parsed.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, parsed.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    full = time_calls(train_step, steps, warmup, device)
+    del model, optimizer, inputs
+    encoder = _encoder(parsed, device)
+    clip_size = parsed.clip.image_size
+    images = torch.randn(batch, 3, clip_size, clip_size, device=device)
+
+    def encoder_step() -> None:
+        with autocast(precision, device):
+            output = encoder(images)
+        output = output[0] if isinstance(output, tuple) else output
+        output.float().square().mean().backward()
+        encoder.zero_grad(set_to_none=True)
+
+    ceiling = time_calls(encoder_step, steps, warmup, device)
+    note = "" if device.startswith("cuda") else " (process RSS)"
+    _report(f"ovss benchmark train: {parsed.name}, {size}px, {precision}, {device}",
+            [(f"{parsed.method} training step", batch, *full),
+             (f"{parsed.clip.name} image encoder fwd+bwd", batch, *ceiling)], note)
+
+
+def benchmark_eval(
+    recipe: Path = typer.Argument(..., help="Recipe YAML whose model is measured (random weights)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.precision=fp16-mixed."),
+    bench: str = typer.Option("ade150", "--bench", "-b", help="Benchmark whose vocabulary is used (the class count drives the cost): ade847, pc459, ade150, pc59, voc20, voc20b, toy, ..."),
+    images: int = typer.Option(10, "--images", min=1, help="Timed images."),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed warm-up images first."),
+    image_size: int = typer.Option(640, "--image-size", min=16, help="Side of the synthetic input images."),
+    mode: str = common.ModeOption,
+    device: str = common.DeviceOption,
+) -> None:
+    """Inference speed (img/s) of a recipe's model on one benchmark's vocabulary vs. its CLIP image encoder alone.
+
+    Example: ovss benchmark eval recipes/catseg_vitb.yaml --bench pc459 --images 20
+    """
+    from ovss_cli.data.benchmarks import TOY, get_benchmark
+    from ovss_cli.recipes import load_recipe
+
+    common.check_mode(mode)
+    parsed = load_recipe(recipe, list(overrides or []))
+    if bench == TOY:
+        from ovss_cli.data.toy import TOY_CLASSES
+
+        names = list(TOY_CLASSES)
+    else:
+        from ovss_cli.data.vocab import load_vocabulary
+
+        names = list(load_vocabulary(get_benchmark(bench).vocabulary))
+    import torch
+
+    from ovss_cli.engine.precision import autocast, resolve_precision
+    from ovss_cli.engine.seeding import seed_everything
+    from ovss_cli.evaluate.inference import SlidingWindow, predict_scores
+    from ovss_cli.methods.registry import build_model
+
+    device = common.resolve_device(device if device != "auto" or parsed.train.device == "auto" else parsed.train.device)
+    precision = resolve_precision(parsed.train.precision, device)
+    seed_everything(parsed.seed)
+    model = build_model(parsed, pretrained=False).to(device).eval()
+    start = time.perf_counter()
+    with autocast(precision, device):
+        model.set_vocabulary(names)
+    _synchronize(device)
+    text_seconds = time.perf_counter() - start
+    image = torch.randn(3, image_size, image_size, device=device)
+
+    @torch.no_grad()
+    def infer() -> None:
+        with autocast(precision, device):
+            scores = predict_scores(image, model.scores, mode, model.window, (image_size, image_size))
+        scores.argmax(dim=0)
+
+    full = time_calls(infer, images, warmup, device)
+    del model
+    encoder = _encoder(parsed, device).eval()
+    views = SlidingWindow.for_window(parsed.data.crop_size)
+    num_views = ((views.resize - views.window) // views.stride + 1) ** 2 + 1 if mode == "sliding" else 1
+    clip_size = parsed.clip.image_size
+    batch = torch.randn(num_views, 3, clip_size, clip_size, device=device)
+
+    @torch.no_grad()
+    def encode() -> None:
+        with autocast(precision, device):
+            encoder(batch)
+
+    ceiling = time_calls(encode, images, warmup, device)
+    note = "" if device.startswith("cuda") else " (process RSS)"
+    typer.echo(f"text encoding of {len(names)} classes (once per vocabulary): {1000 * text_seconds:.1f} ms")
+    _report(f"ovss benchmark eval: {parsed.name} on {bench} ({len(names)} classes), {mode}, {precision}, {device}",
+            [(f"{parsed.method} inference ({num_views} views/image)", 1, *full),
+             (f"{parsed.clip.name} image encoder ({num_views} views)", 1, *ceiling)], note)

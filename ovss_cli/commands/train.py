@@ -1,0 +1,129 @@
+"""`ovss train`: train a recipe on one or more GPUs (or the CPU), with exact resume."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/catseg_vitb.yaml."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides, e.g. optim.lr=1e-4 train.iterations=2000."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Processes (GPUs) per machine; >1 relaunches through torchrun."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines taking part in the job."),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's index among --nnodes."),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Address of the node with --node-rank 0."),
+    master_port: int = typer.Option(29500, "--master-port", help="Free TCP port on the master node."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="'auto': continue the newest run of this recipe (or --output) from its latest checkpoint, if any; or a checkpoint file / run folder."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/<recipe name>/<timestamp>]."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Prepared datasets (same as data.data_root=...) [default: $OVSS_DATASETS, $DETECTRON2_DATASETS, ./datasets]."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the recipe, build the model (random weights), print trainable parameters per group and the resolved recipe; train nothing."),
+) -> None:
+    """Train a model described by a recipe; checkpoints, metrics.jsonl and the resolved recipe go to the run folder.
+
+    Example: ovss train recipes/catseg_vitb.yaml train.iterations=20000 --gpus 4 --resume auto
+    """
+    from ovss_cli.recipes import load_recipe
+
+    overrides = list(overrides or [])
+    if data_root is not None:
+        overrides.append(f"data.data_root={data_root}")
+    parsed = load_recipe(recipe, overrides)  # validated before any heavy work or relaunch
+    if dry_run:
+        describe(parsed)
+        return
+    from ovss_cli.data.train_set import check_train_data
+    from ovss_cli.engine.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
+
+    check_train_data(parsed.data)  # a missing dataset fails here, not once per rank
+    if relaunch_if_needed(gpus, nnodes, node_rank, master_addr, master_port):
+        return
+    dist = init_distributed(prefer_cuda=parsed.train.device != "cpu")
+    try:
+        if parsed.train.device == "cuda" and not dist.device.startswith("cuda"):
+            from ovss_cli.errors import UsageError
+
+            raise UsageError("train.device is cuda but no CUDA device is visible; use train.device=cpu or auto")
+        run_training(parsed, dist, output, resume)
+    finally:
+        shutdown_distributed()
+
+
+def run_training(recipe, dist, output: Optional[Path], resume: Optional[str]):
+    from ovss_cli.engine.runs import choose_run_dir
+    from ovss_cli.engine.trainer import train as train_loop
+    from ovss_cli.recipes import save_recipe
+
+    run_dir = choose_run_dir(recipe.name, output, resume) if dist.is_main else None
+    if dist.distributed:  # every rank must use rank 0's folder (timestamps differ between processes)
+        import torch.distributed as tdist
+
+        shared = [str(run_dir) if run_dir is not None else None]
+        tdist.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
+    if dist.is_main:
+        save_recipe(recipe, run_dir / "recipe.yaml",
+                    header=f"Resolved recipe of the run in {run_dir}.\nRun it again: ovss train {run_dir / 'recipe.yaml'}")
+        typer.echo(f"run folder: {run_dir}", err=True)
+    result = train_loop(recipe, dist, run_dir, resume)
+    if dist.is_main:
+        typer.echo(f"trained to step {result.step}; checkpoint: {result.checkpoint}")
+        if result.best_checkpoint is not None:
+            typer.echo(f"best checkpoint: {result.best_checkpoint}")
+        for name, metrics in result.eval_results.items():
+            typer.echo(f"{name}: mIoU {metrics['mIoU']:.2f}")
+    return result
+
+
+def describe(recipe) -> None:
+    """The --dry-run report: trainable parameters per optimizer group, data availability, resolved recipe."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ovss_cli.errors import UsageError
+    from ovss_cli.methods.registry import build_model
+    from ovss_cli.recipes import recipe_to_yaml
+
+    model = build_model(recipe, pretrained=False)
+    table = Table(title=f"{recipe.name}: trainable parameters (CLIP weights not loaded)")
+    for column in ("group", "tensors", "parameters", "lr", "weight decay"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    total = 0
+    for group in model.param_groups(recipe.optim):
+        count = sum(p.numel() for p in group["params"])
+        total += count
+        table.add_row(group["name"], str(len(group["params"])), f"{count:,}", f"{group['lr']:.3g}",
+                      f"{group['weight_decay']:.3g}")
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    table.add_row("total trainable", "", f"{total:,}", "", "")
+    table.add_row("frozen", "", f"{frozen:,}", "", "")
+    console = Console()
+    console.print(table)
+    try:
+        from ovss_cli.data.train_set import TrainSegmentationSet
+
+        typer.echo(f"training data: {len(TrainSegmentationSet(recipe.data, recipe.seed))} images ({recipe.data.benchmark})")
+    except UsageError as err:
+        typer.echo(f"training data: not found ({err})")
+    typer.echo(recipe_to_yaml(recipe))
+
+
+@functools.wraps(train)
+def distill(**options) -> None:
+    from ovss_cli.errors import UsageError
+    from ovss_cli.recipes import DISTILLATION_METHODS, load_recipe
+
+    method = load_recipe(options["recipe"], list(options["overrides"] or [])).method
+    if method not in DISTILLATION_METHODS:
+        raise UsageError(f"recipe method '{method}' does not distil from a teacher; run it with "
+                         f"`ovss train {options['recipe']}`")
+    train(**options)
+
+
+distill.__doc__ = """Train a distillation recipe (InfoCLIP: the frozen pretrained CLIP teaches the fine-tuned one); options as `ovss train`.
+
+    Example: ovss distill recipes/infoclip.yaml --gpus 4 --resume auto
+    """

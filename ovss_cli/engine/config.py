@@ -1,0 +1,142 @@
+"""Recipe sections owned by the engine: `data:` (training data), `optim:` and `train:` (the loop).
+
+No torch here: recipes validate at start-up, before any heavy import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ovss_cli.errors import UsageError
+
+
+@dataclass
+class DataConfig:
+    """Training images and their augmentation (CAT-Seg's: shortest edge, random crop, SSD colour jitter, flip)."""
+
+    benchmark: str = "coco-stuff"
+    """Training set: 'coco-stuff' (prepared COCO-Stuff-171 train2017) or 'toy' (built-in synthetic)."""
+    data_root: str = ""
+    """Prepared datasets folder; '' = $OVSS_DATASETS, $DETECTRON2_DATASETS, then ./datasets."""
+    crop_size: int = 384
+    """Side of the square training crops (and of the evaluation windows)."""
+    batch_size: int = 4
+    """GLOBAL batch per optimizer step, summed over all processes and accumulation steps."""
+    workers: int = 4
+    """Data-loader worker processes per training process."""
+    resize_shortest_edge: bool = True
+    """Resize each image so its shorter side equals crop_size before cropping."""
+    random_crop: bool = True
+    """Random crop_size crop (false: centre crop)."""
+    cat_max_ratio: float = 1.0
+    """Retry a crop (up to 10 times) while one class covers more than this share of its labelled pixels; 1.0 = off."""
+    color_jitter: bool = True
+    """SSD-style photometric distortion (brightness, contrast, saturation, hue)."""
+    flip: bool = True
+    """Random horizontal flip."""
+    limit: Optional[int] = None
+    """Use only the first N training images (smoke tests)."""
+
+    def validate(self) -> None:
+        from ovss_cli.data.train_set import TRAIN_SETS
+
+        if self.benchmark not in TRAIN_SETS:
+            import difflib
+
+            close = difflib.get_close_matches(self.benchmark, list(TRAIN_SETS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UsageError(f"data.benchmark: unknown training set '{self.benchmark}'{hint}; "
+                             f"known: {', '.join(TRAIN_SETS)}")
+        for name in ("crop_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"data.{name} must be at least 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise UsageError(f"data.workers must be 0 or more, got {self.workers}")
+        if not 0.0 < self.cat_max_ratio <= 1.0:
+            raise UsageError(f"data.cat_max_ratio must lie in (0, 1], got {self.cat_max_ratio}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"data.limit must be positive or null, got {self.limit}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a CLIP learning-rate multiplier, cosine schedule and full-model gradient clipping."""
+
+    lr: float = 2e-4
+    """Base learning rate (decoder and other non-CLIP parameters)."""
+    clip_lr_multiplier: float = 0.01
+    """CLIP-side parameters (incl. fine-tuning adapters) train at lr x this."""
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    """Weight decay of normalisation layers (LayerNorm, GroupNorm, BatchNorm)."""
+    weight_decay_embed: float = 0.0
+    """Weight decay of embeddings (token, positional, class embeddings, learnable padding tokens)."""
+    weight_decay_bias: Optional[float] = None
+    """Weight decay of biases; null = same as weight_decay (the official setting)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning-rate decay over train.iterations after the warm-up (cosine goes to 0)."""
+    warmup_iters: int = 0
+    """Linear warm-up steps from lr x warmup_factor to lr."""
+    warmup_factor: float = 0.001
+    grad_clip: float = 0.01
+    """Clip the gradient norm of all trainable parameters together to this; 0 = off."""
+    accumulate_steps: int = 1
+    """Micro-batches per optimizer step; each process sees batch_size / (processes x this) images per micro-batch."""
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.clip_lr_multiplier < 0:
+            raise UsageError("optim.lr must be positive and optim.clip_lr_multiplier non-negative")
+        if min(self.weight_decay, self.weight_decay_norm, self.weight_decay_embed) < 0 or (
+                self.weight_decay_bias is not None and self.weight_decay_bias < 0):
+            raise UsageError("optim weight decays must be non-negative")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise UsageError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.warmup_iters < 0 or not 0.0 < self.warmup_factor <= 1.0:
+            raise UsageError("optim.warmup_iters must be >= 0 and optim.warmup_factor in (0, 1]")
+        if self.grad_clip < 0:
+            raise UsageError(f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.accumulate_steps < 1:
+            raise UsageError(f"optim.accumulate_steps must be at least 1, got {self.accumulate_steps}")
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, precision, logging, checkpoints and periodic evaluation."""
+
+    iterations: int = 80_000
+    """Optimizer steps."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    precision: Literal["auto", "bf16-mixed", "fp16-mixed", "fp32"] = "auto"
+    """auto = bf16-mixed on GPU, fp32 on CPU; fp16-mixed uses a gradient scaler."""
+    activation_checkpointing: bool = False
+    """Recompute CLIP blocks and aggregator layers in the backward pass (less memory, ~30% slower)."""
+    find_unused_parameters: bool = False
+    """DDP: set when some trainable parameter gets no gradient in a step (costs one extra graph walk)."""
+    log_every: int = 20
+    checkpoint_every: int = 5_000
+    keep_last: int = 2
+    """Step checkpoints kept on disk (the best-by-mIoU checkpoint is kept separately)."""
+    eval_every: int = 0
+    """Evaluate on eval_benches every N steps and at the end; 0 = only at the end (if eval_benches is set)."""
+    eval_benches: list[str] = field(default_factory=list)
+    eval_limit: Optional[int] = None
+    """Evaluate on the first N images of each benchmark only."""
+    eval_mode: Literal["sliding", "whole"] = "sliding"
+    tensorboard: bool = False
+    """Also write TensorBoard events (needs the `tensorboard` package)."""
+
+    def validate(self) -> None:
+        for name in ("iterations", "log_every", "checkpoint_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise UsageError(f"train.eval_every must be >= 0, got {self.eval_every}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise UsageError(f"train.eval_limit must be positive or null, got {self.eval_limit}")
+        if self.eval_benches:
+            from ovss_cli.data.benchmarks import expand_benchmarks
+
+            self.eval_benches = expand_benchmarks(list(self.eval_benches))

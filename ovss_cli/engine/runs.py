@@ -1,0 +1,180 @@
+"""Run folders and what goes in them: resolved recipe, metrics.jsonl, evaluation JSON, TensorBoard events.
+
+    runs/<recipe name>/<timestamp>/
+        recipe.yaml  metrics.jsonl  checkpoints/  eval/step_00005000.json  tensorboard/
+Only rank 0 writes (`RunLog(..., is_main=False)` is a no-op).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from ovss_cli.engine.checkpoint import resolve_checkpoint, step_checkpoints
+
+RUNS_ROOT = Path("runs")
+
+
+def new_run_dir(name: str, root: Path = RUNS_ROOT) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, suffix = root / name / stamp, 2
+    while candidate.exists():
+        candidate, suffix = root / name / f"{stamp}-{suffix}", suffix + 1
+    return candidate
+
+
+def choose_run_dir(name: str, output: Path | None, resume: str | None, root: Path = RUNS_ROOT) -> Path:
+    """--output if given; with --resume PATH the checkpoint's run; with --resume auto the newest run of this
+    recipe that has a checkpoint; else a new timestamped folder."""
+    if output is not None:
+        return Path(output)
+    if resume and resume != "auto":
+        weights = resolve_checkpoint(Path(resume))
+        if weights.parent.name == "checkpoints":
+            return weights.parent.parent
+        return new_run_dir(name, root)
+    if resume == "auto":
+        runs = sorted((p for p in (root / name).glob("*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+        for run in runs:
+            if step_checkpoints(run / "checkpoints"):
+                return run
+    return new_run_dir(name, root)
+
+
+def _finite(value):
+    return value if not isinstance(value, float) or math.isfinite(value) else str(value)
+
+
+class RunLog:
+    """Append-only training records of one run (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, is_main: bool, tensorboard: bool = False):
+        self.run_dir = Path(run_dir)
+        self.is_main = is_main
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._writer = None
+        if is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                self._writer = self._tensorboard()
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("train.tensorboard is set but the `tensorboard` package is missing (pip install tensorboard); "
+                  "logging to metrics.jsonl only", file=sys.stderr)
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records logged after `step` (a resumed run re-does those steps and logs them again)."""
+        if not self.is_main or not self.metrics_path.is_file():
+            return
+        kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.metrics_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    def log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({k: _finite(v) for k, v in record.items()}) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key, value, record["step"])
+
+    def write_eval(self, step: int, results: dict) -> Path | None:
+        if not self.is_main:
+            return None
+        path = self.run_dir / "eval" / f"step_{step:08d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"step": step, "results": results}, indent=2, allow_nan=True), encoding="utf-8")
+        return path
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class StepReporter:
+    """Step, loss, lr, img/s, ETA and peak memory: a rich bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.total, self.start = total, start
+        self.enabled = enabled
+        self._progress = None
+        self._task = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                      TextColumn("{task.fields[status]}"), transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=total, completed=start, status="")
+
+    @staticmethod
+    def describe(record: dict) -> str:
+        parts = [f"loss {record['loss']:.4f}", f"lr {record['lr']:.3g}", f"{record['img_per_s']:.1f} img/s"]
+        if "eta_s" in record:
+            parts.append(f"ETA {format_duration(record['eta_s'])}")
+        if record.get("peak_mem_mb"):
+            parts.append(f"mem {record['peak_mem_mb']:.0f} MB")
+        return ", ".join(parts)
+
+    def advance(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def report(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.update(self._task, completed=record["step"], status=self.describe(record))
+        else:
+            print(f"step {record['step']}/{self.total}: {self.describe(record)}", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Throughput:
+    """Images per second and ETA over the steps since the last report."""
+
+    def __init__(self):
+        self._time = time.perf_counter()
+        self._images = 0
+        self._steps = 0
+
+    def add(self, images: int) -> None:
+        self._images += images
+        self._steps += 1
+
+    def measure(self, remaining_steps: int) -> dict:
+        now = time.perf_counter()
+        elapsed = max(now - self._time, 1e-9)
+        result = {"img_per_s": self._images / elapsed, "eta_s": remaining_steps * elapsed / max(self._steps, 1)}
+        self._time, self._images, self._steps = now, 0, 0
+        return result

@@ -1,0 +1,54 @@
+"""`ovss benchmark train|eval` on CPU with a tiny recipe, and the timing helper against a known duration."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ovss_cli.cli import app
+from ovss_cli.commands.benchmark import time_calls
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+TINY = ["clip.image_size=32", "data.crop_size=32", "decoder.window_size=2", "data.batch_size=2"]
+runner = CliRunner()
+
+
+def test_time_calls_excludes_warmup_and_measures_per_call():
+    calls = []
+
+    def sleepy():
+        calls.append(1)
+        time.sleep(0.02)
+
+    seconds, _ = time_calls(sleepy, repeats=3, warmup=2, device="cpu")
+    assert len(calls) == 5
+    assert seconds == pytest.approx(0.02, abs=0.015)
+
+
+def rates(output: str) -> list[float]:
+    """img/s column of the two table rows (model, encoder ceiling)."""
+    rows = [line for line in output.splitlines() if line.startswith("│")]
+    return [float(re.split(r"\s*│\s*", row)[3]) for row in rows]
+
+
+def test_benchmark_train_reports_the_step_and_the_encoder_ceiling():
+    result = runner.invoke(app, ["benchmark", "train", str(QUICKSTART), *TINY, "--steps", "2", "--warmup", "1"])
+    assert result.exit_code == 0, result.output
+    model, encoder = rates(result.output)
+    assert model > 0 and encoder > 0
+    ratio = float(re.search(r"at ([\d.]+)% of the image-encoder-only ceiling", result.output).group(1))
+    assert ratio == pytest.approx(100 * model / encoder, rel=0.02)
+
+
+def test_benchmark_eval_reports_inference_speed():
+    result = runner.invoke(app, ["benchmark", "eval", str(QUICKSTART), *TINY, "--bench", "voc20", "--images", "1",
+                                 "--warmup", "0", "--image-size", "48"])
+    assert result.exit_code == 0, result.output
+    assert "text encoding of 20 classes" in result.output and "5 views/image" in result.output
+    assert all(rate > 0 for rate in rates(result.output))
+    result = runner.invoke(app, ["benchmark", "eval", str(QUICKSTART), "--bench", "ade15"])
+    assert result.exit_code == 2 and "did you mean 'ade150'" in result.output

@@ -1,0 +1,99 @@
+"""Recipes: every shipped file validates, typos fail with a suggestion (exit 2), overrides are type-checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ovss_cli.cli import app
+from ovss_cli.errors import UsageError
+from ovss_cli.recipes import Recipe, load_recipe, save_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+QUICKSTART = RECIPES / "quickstart.yaml"
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_validates_and_says_how_to_run_it(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    header = path.read_text(encoding="utf-8").splitlines()[:8]
+    assert header[0].startswith("# ")
+    assert any(f"recipes/{path.name}" in line and "ovss " in line for line in header), "the header must show the command"
+
+
+@pytest.mark.parametrize("file, clip, size, guidance", [
+    ("catseg_vitb.yaml", "ViT-B-16", 384, [3, 7]),
+    ("catseg_vitl.yaml", "ViT-L-14-336", 336, [7, 15]),
+])
+def test_catseg_recipes_carry_the_official_protocol(file, clip, size, guidance):
+    recipe = load_recipe(RECIPES / file)
+    assert (recipe.method, recipe.finetune.mode) == ("catseg", "attention")
+    assert (recipe.clip.name, recipe.clip.pretrained, recipe.clip.image_size) == (clip, "openai", size)
+    assert recipe.clip.templates == "single"
+    assert recipe.decoder.guidance_layers == guidance
+    assert (recipe.data.benchmark, recipe.data.crop_size, recipe.data.batch_size) == ("coco-stuff", 384, 4)
+    assert recipe.train.iterations == 80_000
+    optim = recipe.optim
+    assert (optim.lr, optim.lr * optim.clip_lr_multiplier, optim.weight_decay, optim.grad_clip) == pytest.approx(
+        (2e-4, 2e-6, 1e-4, 0.01))
+    assert (optim.schedule, optim.warmup_iters, optim.weight_decay_norm, optim.weight_decay_embed) == ("cosine", 0, 0, 0)
+
+
+def test_overrides_apply_with_types_checked():
+    recipe = load_recipe(QUICKSTART, ["optim.lr=3e-4", "train.iterations=7", "decoder.guidance_layers=[1, 0]",
+                                      "data.limit=null", "train.eval_benches=[toy]"])
+    assert (recipe.optim.lr, recipe.train.iterations, recipe.decoder.guidance_layers) == (3e-4, 7, [1, 0])
+    with pytest.raises(UsageError, match="train.iterations: expected an integer"):
+        load_recipe(QUICKSTART, ["train.iterations=many"])
+    with pytest.raises(UsageError, match="did you mean 'bf16-mixed'"):
+        load_recipe(QUICKSTART, ["train.precision=bf16-mix"])
+    with pytest.raises(UsageError, match="must be divisible by decoder.heads"):
+        # validated per section: decoder.hidden_dim must split over the heads
+        load_recipe(QUICKSTART, ["decoder.hidden_dim=30", "decoder.heads=4"])
+    with pytest.raises(UsageError, match="did you mean 'coco-stuff'"):
+        load_recipe(QUICKSTART, ["data.benchmark=coco-stuf"])
+    with pytest.raises(UsageError, match="did you mean 'ade150'"):
+        load_recipe(QUICKSTART, ["train.eval_benches=[ade15]"])
+
+
+def test_saved_recipe_loads_back_identically(tmp_path):
+    recipe = load_recipe(QUICKSTART, ["seed=3", "finetune.mode=lora"])
+    save_recipe(recipe, tmp_path / "r.yaml", header="first line\nsecond line")
+    text = (tmp_path / "r.yaml").read_text()
+    assert text.startswith("# first line\n# second line\n")
+    assert load_recipe(tmp_path / "r.yaml") == recipe
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def test_typo_in_an_override_fails_through_the_cli_with_a_suggestion():
+    result = runner.invoke(app, ["train", str(QUICKSTART), "optim.lrr=1"])
+    assert result.exit_code == 2
+    assert _error_lines(result.output) == ["error: unknown key 'optim.lrr'; did you mean 'lr'?"]
+    assert "Traceback" not in result.output
+
+
+def test_typo_in_a_yaml_file_fails_through_the_cli_with_a_suggestion(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(QUICKSTART.read_text().replace("  checkpoint_every:", "  checkpont_every:"))
+    result = runner.invoke(app, ["train", str(broken), "--dry-run"])
+    assert result.exit_code == 2
+    assert _error_lines(result.output) == ["error: unknown key 'train.checkpont_every'; did you mean 'checkpoint_every'?"]
+    not_yaml = tmp_path / "bad.yaml"
+    not_yaml.write_text("train: [unclosed\n")
+    result = runner.invoke(app, ["train", str(not_yaml)])
+    assert result.exit_code == 2 and "is not valid YAML" in result.output
+
+
+def test_dry_run_prints_trainable_groups_and_the_resolved_recipe():
+    result = runner.invoke(app, ["train", str(QUICKSTART), "optim.clip_lr_multiplier=0.5", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "clip/weight" in result.output and "decoder/norm" in result.output
+    assert "training data: 64 images (toy)" in result.output
+    assert "clip_lr_multiplier: 0.5" in result.output

@@ -1,0 +1,1 @@
+"""Losses that are plain maths: small pure functions on tensors, no models and no recipes."""

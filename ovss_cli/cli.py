@@ -16,6 +16,7 @@ import typer
 
 from ovss_cli.commands import benchmark as benchmark_cmd
 from ovss_cli.commands import evaluate as evaluate_cmd
+from ovss_cli.commands import export as export_cmd
 from ovss_cli.commands import predict as predict_cmd
 from ovss_cli.commands import prepare as prepare_cmd
 from ovss_cli.commands import train as train_cmd
@@ -65,6 +66,7 @@ register("train", train_cmd.train, no_args_is_help=True)
 register("distill", train_cmd.distill, no_args_is_help=True)
 register("evaluate", evaluate_cmd.evaluate)
 register("predict", predict_cmd.predict, no_args_is_help=True)
+register("export", export_cmd.export, no_args_is_help=True)
 
 benchmark_app = typer.Typer(help="Speed and memory of training and inference, as ratios to the image encoder alone.",
                             no_args_is_help=True)

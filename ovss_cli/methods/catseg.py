@@ -125,7 +125,8 @@ class CATSegModel(nn.Module):
                     block.forward = functools.partial(_checkpointed, block.forward)
 
     def train(self, mode: bool = True):
-        self._vocabulary = None  # text embeddings change while training
+        if mode:
+            self._vocabulary = None  # text embeddings change once training starts
         return super().train(mode)
 
     # ----------------------------------------------------------------- Segmenter protocol

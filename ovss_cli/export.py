@@ -1,0 +1,171 @@
+"""Export trained models: merged plain open_clip weights (+ decoder), or one ONNX graph per vocabulary.
+
+`open_clip` format: every weight-transform adapter (H-CLIP, LoRA, OFT, SSF, q/v tuning) is folded
+into the CLIP weights, so `open_clip.create_model(name, pretrained=<dir>/open_clip_model.safetensors,
+force_image_size=<size>)` loads the fine-tuned CLIP with no ovss code and no inference overhead.
+The decoder weights and the recipe travel beside it; `ovss evaluate/predict --checkpoint <dir>`
+runs the exported model (plain CLIP + decoder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ovss_cli.errors import OvssError, UsageError
+
+EXPORT_META = "ovss_export.json"
+CLIP_FILE = "open_clip_model.safetensors"
+DECODER_FILE = "decoder.safetensors"
+
+
+def merge_adapters(model: nn.Module) -> None:
+    """Fold the model's CLIP adapters into plain weights (a no-op when nothing is attached)."""
+    handle = model.finetune
+    if handle.merged:
+        return
+    if not handle.mergeable:
+        raise UsageError(f"finetune mode '{handle.mode}' adds modules to CLIP and cannot be folded into plain "
+                         "weights; export it with --format onnx instead")
+    handle.merge()
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from ovss_cli.engine.checkpoint import atomic_write
+
+    tensors = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+def export_open_clip(checkpoint: Path, out_dir: Path) -> list[Path]:
+    """Write merged open_clip weights, the decoder weights and ovss_export.json into `out_dir`."""
+    from ovss_cli.engine.checkpoint import read_sidecar, resolve_checkpoint, write_json
+    from ovss_cli.methods.registry import load_segmenter
+
+    weights = resolve_checkpoint(Path(checkpoint))
+    recipe = read_sidecar(weights)["recipe"]
+    model = load_segmenter(weights, "cpu")
+    merge_adapters(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(model.dense.clip.state_dict(), out_dir / CLIP_FILE)
+    _save_safetensors(model.decoder.state_dict(), out_dir / DECODER_FILE)
+    # The exported model is plain CAT-Seg on plain CLIP (InfoCLIP's teacher and LPAM are training-only).
+    recipe = {**recipe, "method": "catseg", "finetune": _frozen_finetune_section()}
+    recipe.pop("infoclip", None)
+    clip = recipe["clip"]
+    meta = {
+        "format": "open_clip",
+        "source_checkpoint": str(weights),
+        "clip_name": clip["name"],
+        "image_size": clip["image_size"],
+        "templates": clip["templates"],
+        "train_classes": list(model.train_classes),
+        "recipe": recipe,
+        "load_with_open_clip": f"open_clip.create_model({clip['name']!r}, pretrained='{CLIP_FILE}', "
+                               f"force_image_size={clip['image_size']})",
+    }
+    write_json(out_dir / EXPORT_META, meta)
+    return [out_dir / CLIP_FILE, out_dir / DECODER_FILE, out_dir / EXPORT_META]
+
+
+def _frozen_finetune_section() -> dict:
+    """The `finetune:` section of merged weights: plain CLIP, nothing attached."""
+    from ovss_cli.config import to_dict
+    from ovss_cli.peft.config import FinetuneConfig
+
+    return to_dict(FinetuneConfig(mode="frozen"))
+
+
+def is_export_dir(path: Path) -> bool:
+    return path.is_dir() and (path / EXPORT_META).is_file()
+
+
+def load_exported(path: Path, device: str = "cpu"):
+    """The segmenter of an `open_clip` export folder: plain CLIP weights + decoder, in eval mode."""
+    from safetensors.torch import load_file
+
+    from ovss_cli.methods.registry import build_model
+    from ovss_cli.recipes import recipe_from_dict
+
+    try:
+        meta = json.loads((path / EXPORT_META).read_text(encoding="utf-8"))
+        recipe = recipe_from_dict(meta["recipe"], "export recipe")
+    except (ValueError, KeyError, UsageError) as err:
+        raise OvssError(f"{path / EXPORT_META} is unreadable ({err}); export the checkpoint again") from None
+    model = build_model(recipe, pretrained=False)
+    for module, name in ((model.dense.clip, CLIP_FILE), (model.decoder, DECODER_FILE)):
+        try:
+            module.load_state_dict(load_file(str(path / name)), strict=True)
+        except Exception as err:
+            raise OvssError(f"{path / name} is missing or does not fit ({str(err).strip().splitlines()[0]}); "
+                            "export the checkpoint again") from None
+    return model.to(device).eval()
+
+
+class _ScoresGraph(nn.Module):
+    """images [B, 3, S, S] (CLIP-normalised) -> class probabilities [B, T, S, S] for a fixed vocabulary."""
+
+    def __init__(self, segmenter):
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.segmenter.scores(images)
+
+
+@contextlib.contextmanager
+def _plain_attention():
+    """nn.MultiheadAttention's fused fast path has no ONNX form; use the decomposed one while exporting."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def export_onnx(checkpoint: Path, out_file: Path, class_names: Sequence[str], batch: int = 1,
+                opset: int = 17) -> list[Path]:
+    """One ONNX graph scoring a fixed vocabulary at a fixed batch size, plus a JSON with the conventions.
+
+    The batch size is part of the graph (the decoder folds batch and classes together in its
+    reshapes); 5 suits CAT-Seg's sliding window (4 windows + 1 global view).
+    """
+    from ovss_cli.data.transforms import CLIP_MEAN, CLIP_STD
+    from ovss_cli.engine.checkpoint import atomic_write, write_json
+    from ovss_cli.methods.registry import load_segmenter
+
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        raise UsageError("ONNX export needs the onnx package: pip install 'ovss[onnx]'") from None
+    path = Path(checkpoint)
+    model = load_exported(path) if is_export_dir(path) else load_segmenter(path, "cpu")
+    if model.finetune.mergeable:
+        merge_adapters(model)  # plain weights: a smaller, faster graph
+    model.set_vocabulary(list(class_names))
+    example = torch.zeros(batch, 3, model.window, model.window)
+    graph = _ScoresGraph(model).eval()
+
+    def write(temporary: Path) -> None:
+        with _plain_attention(), torch.no_grad():
+            torch.onnx.export(graph, (example,), str(temporary), dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=["scores"])
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_file, write)
+    meta_file = out_file.with_suffix(".json")
+    write_json(meta_file, {
+        "format": "onnx", "classes": list(class_names), "window": model.window, "batch": batch,
+        "input": "images: float32 [batch, 3, window, window], RGB in 0..255 normalised as (x - mean*255) / (std*255)",
+        "output": "scores: float32 [batch, classes, window, window], class probabilities",
+        "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+    })
+    return [out_file, meta_file]

@@ -20,6 +20,7 @@ from ovss_cli.commands import export as export_cmd
 from ovss_cli.commands import predict as predict_cmd
 from ovss_cli.commands import prepare as prepare_cmd
 from ovss_cli.commands import train as train_cmd
+from ovss_cli.commands import wsss as wsss_cmd
 from ovss_cli.errors import OvssError
 
 app = typer.Typer(
@@ -67,6 +68,8 @@ register("distill", train_cmd.distill, no_args_is_help=True)
 register("evaluate", evaluate_cmd.evaluate)
 register("predict", predict_cmd.predict, no_args_is_help=True)
 register("export", export_cmd.export, no_args_is_help=True)
+register("prototypes", wsss_cmd.prototypes, no_args_is_help=True)
+register("pseudolabel", wsss_cmd.pseudolabel, no_args_is_help=True)
 
 benchmark_app = typer.Typer(help="Speed and memory of training and inference, as ratios to the image encoder alone.",
                             no_args_is_help=True)

@@ -21,14 +21,15 @@ class DenseFeatures:
     guidance: list[torch.Tensor]  # [B, width, h, w] outputs of the requested vision blocks
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int]) -> torch.Tensor:
-    """Resize [1 + H*W, D] positional embeddings bicubically to a new grid; the class slot is kept."""
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int],
+                     mode: str = "bicubic") -> torch.Tensor:
+    """Resize [1 + H*W, D] positional embeddings to a new grid (CAT-Seg: bicubic; CLIP-ES: bilinear); the class slot is kept."""
     if tuple(grid) == tuple(old_grid):
         return pos_embed
     cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
     dim = patch_pos.shape[-1]
     patch_pos = patch_pos.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode=mode, align_corners=False)
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], dim).to(pos_embed.dtype)
     return torch.cat([cls_pos, patch_pos], dim=0)
 

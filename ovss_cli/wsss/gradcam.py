@@ -1,0 +1,44 @@
+"""Softmax-GradCAM (CLIP-ES): GradCAM of each present class's softmax score against [classes ; background words].
+
+The softmax makes the background words and the other present classes compete, so a class's
+map loses the regions that another word explains better.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def minmax(values: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """(v - min) / (eps + max(v - min)), as CLIP-ES scales every CAM."""
+    shifted = values - values.min()
+    return shifted / (eps + shifted.max())
+
+
+def softmax_scores(image_embedding: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """softmax over the M rows of `text` [M, C] (unit rows) of logit_scale x cos(image, row)."""
+    image = image_embedding / image_embedding.norm()
+    return torch.softmax(logit_scale * (text @ image), dim=0)
+
+
+def gradcam_weights(gradient: torch.Tensor) -> torch.Tensor:
+    """Channel weights [D] of GradCAM: the spatial mean of the gradient [N, D]."""
+    return gradient.mean(dim=0)
+
+
+def gradcam_map(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """min-max(ReLU(sum_d w_d A[:, d])) over the N positions of activation/gradient [N, D]."""
+    return minmax(torch.relu(activation @ gradcam_weights(gradient)))
+
+
+def softmax_gradcam(activation: torch.Tensor, scores: torch.Tensor, num_targets: int) -> torch.Tensor:
+    """GradCAMs [num_targets, N] of scores[0..num_targets-1] at `activation` [1, 1 + N, D] (an autograd leaf).
+
+    One backward per target through the graph built once; the class token (position 0) is dropped.
+    """
+    patches = activation[0, 1:].detach()
+    cams = []
+    for k in range(num_targets):
+        (gradient,) = torch.autograd.grad(scores[k], activation, retain_graph=k < num_targets - 1)
+        cams.append(gradcam_map(patches, gradient[0, 1:]))
+    return torch.stack(cams)

@@ -1,0 +1,149 @@
+"""The loops behind `ovss pseudolabel` and `ovss prototypes`: images sharded over ranks, results reduced on rank 0."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ovss_cli.errors import UsageError
+from ovss_cli.wsss.clip_es import ClipEsCams, ClipEsConfig
+from ovss_cli.wsss.datasets import IGNORE, WsssDataset
+
+SETTINGS_FILE = "pseudolabel.json"
+
+
+@dataclass
+class PseudoLabelSummary:
+    images: int
+    written: int
+    skipped: int
+    metrics: dict | None  # compute_metrics over labelled pixels with ground truth, None without ground truth
+    labelled_fraction: float | None  # share of ground-truth pixels that got a label (not 255)
+
+
+def build_cams(clip_name: str, pretrained: str | None, dataset: WsssDataset, config: ClipEsConfig, device: str,
+               prototypes: torch.Tensor | None = None) -> ClipEsCams:
+    """CLIP-ES for `dataset`'s classes; `prototypes` [K, C] (VPL) replace the foreground text rows."""
+    from ovss_cli.clip.zoo import create_clip
+    from ovss_cli.wsss.clip_es import encode_prompts
+    from ovss_cli.wsss.clip_features import ClipEsBackbone
+
+    model = create_clip(clip_name, pretrained or None).to(device).eval()
+    foreground = encode_prompts(model, clip_name, dataset.prompt_names)
+    background = encode_prompts(model, clip_name, dataset.background_words)
+    if prototypes is not None:
+        if prototypes.shape != foreground.shape:
+            raise UsageError(f"prototypes have shape {tuple(prototypes.shape)}, the model's class embeddings "
+                             f"{tuple(foreground.shape)}; learn them with the same CLIP and dataset")
+        foreground = prototypes.to(foreground.device)
+    return ClipEsCams(ClipEsBackbone(model, config.pos_interpolation), foreground, background, config)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def prepare_output(out_dir: Path, settings: dict, is_main: bool) -> None:
+    """Create `out_dir`; refuse one made with other settings; record the settings; drop stale temporaries."""
+    from ovss_cli.wsss.writer import remove_stale_temporaries
+
+    settings = json.loads(json.dumps(settings))  # the form it takes on disk (tuples become lists)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recorded = out_dir / SETTINGS_FILE
+    if recorded.is_file():
+        previous = json.loads(recorded.read_text())
+        if previous != settings:
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise UsageError(f"{out_dir} holds pseudo-labels made with other settings ({', '.join(changed)}); "
+                             "use a new --out folder, or delete it to start over")
+    if is_main:
+        if not recorded.is_file():
+            temporary = recorded.with_name(f".{SETTINGS_FILE}.tmp{os.getpid()}")
+            temporary.write_text(json.dumps(settings, indent=2))
+            os.replace(temporary, recorded)
+        remove_stale_temporaries(out_dir)
+    _barrier()
+
+
+def generate_pseudolabels(dataset: WsssDataset, cams: ClipEsCams, out_dir: Path, dist, progress: bool = True
+                          ) -> PseudoLabelSummary:
+    """Write `<out_dir>/<id>.png` for this rank's images (finished ones skipped) and score all against ground truth."""
+    from ovss_cli.data.io import read_label
+    from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
+    from ovss_cli.progress import track
+    from ovss_cli.wsss.clip_es import pseudo_label
+    from ovss_cli.wsss.writer import is_finished, label_path, write_label_atomic
+
+    confusion = ConfusionMatrix(dataset.num_classes, device=dist.device)
+    # images, written, skipped, images with ground truth, labelled gt pixels, valid gt pixels
+    counts = torch.zeros(6, dtype=torch.float64, device=dist.device)
+    indices = range(dist.rank, len(dataset), dist.world_size)
+    for index in track(indices, len(indices), "pseudo-labels", enabled=progress and dist.is_main):
+        image_id = dataset.items[index].image_id
+        if is_finished(out_dir, image_id):
+            label = read_label(label_path(out_dir, image_id))
+            counts[2] += 1
+        else:
+            image = dataset.image(index)
+            keys = dataset.image_labels(index)
+            label = pseudo_label(cams(image, keys).cams, keys, image, cams.config)
+            write_label_atomic(out_dir, image_id, label)
+            counts[1] += 1
+        counts[0] += 1
+        truth = dataset.ground_truth(index)
+        if truth is not None:
+            if truth.shape != label.shape:
+                raise UsageError(f"pseudo-label {label_path(out_dir, image_id)} is {label.shape[1]}x{label.shape[0]} "
+                                 f"but its image is {truth.shape[1]}x{truth.shape[0]}; delete the folder and re-run")
+            prediction = torch.as_tensor(label, device=dist.device).long()
+            target = torch.as_tensor(truth, device=dist.device).long()
+            valid = target != IGNORE
+            target = torch.where(prediction == IGNORE, torch.full_like(target, IGNORE), target)
+            confusion.update(prediction, target, IGNORE)
+            counts[3] += 1
+            counts[4] += float((target != IGNORE).sum())
+            counts[5] += float(valid.sum())
+    confusion.all_reduce()
+    if dist.distributed:
+        import torch.distributed as torch_dist
+
+        torch_dist.all_reduce(counts)
+    images, written, skipped, with_truth, labelled, valid = (float(c) for c in counts.cpu())
+    metrics = compute_metrics(confusion.matrix, dataset.class_names) if with_truth else None
+    return PseudoLabelSummary(int(images), int(written), int(skipped), metrics,
+                              labelled / valid if with_truth and valid else None)
+
+
+def collect_regions(dataset: WsssDataset, cams: ClipEsCams, region_cam: str, threshold: float, dist,
+                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Region embeddings [R, C] (one per present class per image, all ranks gathered) and their classes [R] (0..K-1)."""
+    from ovss_cli.progress import track
+    from ovss_cli.wsss.vpl import region_embeddings
+
+    features, labels = [], []
+    indices = range(dist.rank, len(dataset), dist.world_size)
+    for index in track(indices, len(indices), "region embeddings", enabled=progress and dist.is_main):
+        keys = dataset.image_labels(index)
+        if not keys:
+            continue
+        result = cams(dataset.image(index), keys)
+        maps = result.patch_cams if region_cam == "refined" else result.gradcams
+        embeddings, keep = region_embeddings(result.patch_embeddings, maps, threshold)
+        features.append(embeddings[keep].cpu())
+        labels.append(torch.tensor(keys, dtype=torch.long)[keep.cpu()] - 1)
+    local = (torch.cat(features) if features else torch.zeros(0, cams.foreground.shape[1]),
+             torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long))
+    if not dist.distributed:
+        return local
+    import torch.distributed as torch_dist
+
+    gathered: list = [None] * dist.world_size
+    torch_dist.all_gather_object(gathered, local)
+    return torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])

@@ -142,10 +142,10 @@ def export_onnx(checkpoint: Path, out_file: Path, class_names: Sequence[str], ba
     from ovss_cli.engine.checkpoint import atomic_write, write_json
     from ovss_cli.methods.registry import load_segmenter
 
-    try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
-    except ImportError:
-        raise UsageError("ONNX export needs the onnx package: pip install 'ovss[onnx]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:  # torch's exporter needs it
+        raise UsageError("ONNX export needs the onnx package: pip install 'ovss[onnx]'")
     path = Path(checkpoint)
     model = load_exported(path) if is_export_dir(path) else load_segmenter(path, "cpu")
     if model.finetune.mergeable:

@@ -4,7 +4,6 @@ run again through ovss (evaluate/predict), and the ONNX graph matches PyTorch.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import open_clip

@@ -48,3 +48,22 @@ def linear_targets(block: nn.Module, targets: list[str]) -> list[tuple[nn.Module
     whole = {"out": block.attn.out_proj, "mlp_fc": block.mlp.c_fc, "mlp_proj": block.mlp.c_proj}
     found += [(whole[t], "weight", [0], 1) for t in ("out", "mlp_fc", "mlp_proj") if t in targets]
     return found
+
+
+def parametrize_linear_targets(model: nn.Module, cfg, make_transform):
+    """Register `make_transform(weight, groups, total)` on every targeted linear weight of the chosen encoders.
+
+    Shared by the weight-transform adapters (LoRA, OFT): they differ only in the transform.
+    """
+    from torch.nn.utils import parametrize
+
+    from ovss_cli.peft.handle import Attachment
+
+    attachment = Attachment()
+    blocks = encoder_blocks(model)
+    for encoder in cfg.encoders:
+        for block in blocks[encoder]:
+            for module, name, groups, total in linear_targets(block, cfg.targets):
+                parametrize.register_parametrization(module, name, make_transform(getattr(module, name), groups, total))
+                attachment.parametrized.append((module, name))
+    return attachment

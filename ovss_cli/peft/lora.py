@@ -6,9 +6,8 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from ovss_cli.peft.blocks import encoder_blocks, linear_targets
+from ovss_cli.peft.blocks import parametrize_linear_targets
 from ovss_cli.peft.config import FinetuneConfig
 from ovss_cli.peft.handle import Attachment
 
@@ -35,13 +34,6 @@ class LowRankUpdate(nn.Module):
 
 
 def apply_lora(model: nn.Module, cfg: FinetuneConfig) -> Attachment:
-    attachment = Attachment()
-    blocks = encoder_blocks(model)
-    for encoder in cfg.encoders:
-        for block in blocks[encoder]:
-            for module, name, groups, total in linear_targets(block, cfg.targets):
-                scale = cfg.lora_alpha / cfg.lora_rank
-                update = LowRankUpdate(getattr(module, name), groups, total, cfg.lora_rank, scale)
-                parametrize.register_parametrization(module, name, update)
-                attachment.parametrized.append((module, name))
-    return attachment
+    scale = cfg.lora_alpha / cfg.lora_rank
+    return parametrize_linear_targets(
+        model, cfg, lambda weight, groups, total: LowRankUpdate(weight, groups, total, cfg.lora_rank, scale))

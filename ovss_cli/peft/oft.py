@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ovss_cli.peft.blockdiag import apply_input_side, block_count, cayley, skew_from_upper
-from ovss_cli.peft.blocks import encoder_blocks, linear_targets
+from ovss_cli.peft.blocks import parametrize_linear_targets
 from ovss_cli.peft.config import FinetuneConfig
 from ovss_cli.peft.handle import Attachment
 
@@ -38,12 +37,5 @@ class BlockOrthogonalInput(nn.Module):
 
 
 def apply_oft(model: nn.Module, cfg: FinetuneConfig) -> Attachment:
-    attachment = Attachment()
-    blocks = encoder_blocks(model)
-    for encoder in cfg.encoders:
-        for block in blocks[encoder]:
-            for module, name, groups, total in linear_targets(block, cfg.targets):
-                rotation = BlockOrthogonalInput(getattr(module, name), groups, total, cfg.block_size)
-                parametrize.register_parametrization(module, name, rotation)
-                attachment.parametrized.append((module, name))
-    return attachment
+    return parametrize_linear_targets(
+        model, cfg, lambda weight, groups, total: BlockOrthogonalInput(weight, groups, total, cfg.block_size))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -155,7 +156,10 @@ def export_onnx(checkpoint: Path, out_file: Path, class_names: Sequence[str], ba
     graph = _ScoresGraph(model).eval()
 
     def write(temporary: Path) -> None:
-        with _plain_attention(), torch.no_grad():
+        with _plain_attention(), torch.no_grad(), warnings.catch_warnings():
+            # The graph is traced for one batch size and vocabulary: the tracer's shape warnings are expected.
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
             torch.onnx.export(graph, (example,), str(temporary), dynamo=False, opset_version=opset,
                               input_names=["images"], output_names=["scores"])
 

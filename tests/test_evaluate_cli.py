@@ -137,6 +137,15 @@ def test_predict_needs_classes(tmp_path):
     assert result.exit_code == 2 and "--classes" in result.output
 
 
+def test_every_command_help_shows_a_worked_example():
+    commands = [[c.name] for c in app.registered_commands] + [["benchmark", "train"], ["benchmark", "eval"]]
+    assert len(commands) == 10  # prepare train distill evaluate predict export prototypes pseudolabel + benchmark x2
+    for command in commands:
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0, command
+        assert "Example: ovss " + " ".join(command) in " ".join(result.output.split()), command
+
+
 def test_help_is_fast_and_shows_examples():
     import subprocess
     import sys

@@ -32,3 +32,19 @@ class PixelOracle:
         pixels = (images * std + mean).round().long()
         ids = (pixels[:, 0] + 256 * pixels[:, 1]).clamp(0, self.num_classes - 1)
         return torch.nn.functional.one_hot(ids, self.num_classes).permute(0, 3, 1, 2).float()
+
+
+def assert_official_protocol(recipe, clip: str, size: int, guidance: list[int]) -> None:
+    """The CAT-Seg / H-CLIP training protocol: COCO-Stuff, 80k iterations, global batch 4, AdamW 2e-4 (CLIP 2e-6)."""
+    import pytest
+
+    assert recipe.method == "catseg"
+    assert (recipe.clip.name, recipe.clip.pretrained, recipe.clip.image_size, recipe.clip.templates) == (
+        clip, "openai", size, "single")
+    assert recipe.decoder.guidance_layers == guidance
+    assert (recipe.data.benchmark, recipe.data.crop_size, recipe.data.batch_size) == ("coco-stuff", 384, 4)
+    assert recipe.train.iterations == 80_000
+    optim = recipe.optim
+    assert (optim.lr, optim.lr * optim.clip_lr_multiplier, optim.weight_decay, optim.grad_clip) == pytest.approx(
+        (2e-4, 2e-6, 1e-4, 0.01))
+    assert (optim.schedule, optim.warmup_iters, optim.weight_decay_norm, optim.weight_decay_embed) == ("cosine", 0, 0, 0)

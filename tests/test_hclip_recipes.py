@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from ovss_cli.cli import app
 from ovss_cli.recipes import load_recipe
+from tests.helpers import assert_official_protocol
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 runner = CliRunner()
@@ -96,16 +97,7 @@ def test_recipe_validates_and_its_header_says_how_to_run_it(stem):
 def test_recipe_carries_the_released_protocol_and_its_finetune_settings(stem):
     (clip, size, guidance), finetune, _ = EXPECTED[stem]
     recipe = load_recipe(RECIPES / f"{stem}.yaml")
-    assert recipe.method == "catseg"
-    assert (recipe.clip.name, recipe.clip.pretrained, recipe.clip.image_size, recipe.clip.templates) == (
-        clip, "openai", size, "single")
-    assert recipe.decoder.guidance_layers == guidance
-    assert (recipe.data.benchmark, recipe.data.crop_size, recipe.data.batch_size) == ("coco-stuff", 384, 4)
-    assert recipe.train.iterations == 80_000
-    optim = recipe.optim
-    assert (optim.lr, optim.lr * optim.clip_lr_multiplier, optim.weight_decay, optim.grad_clip) == pytest.approx(
-        (2e-4, 2e-6, 1e-4, 0.01))
-    assert (optim.schedule, optim.warmup_iters) == ("cosine", 0)
+    assert_official_protocol(recipe, clip, size, guidance)
     for key, value in finetune.items():
         assert getattr(recipe.finetune, key) == value, f"finetune.{key}"
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from ovss_cli.cli import app
 from ovss_cli.errors import UsageError
 from ovss_cli.recipes import Recipe, load_recipe, save_recipe
+from tests.helpers import assert_official_protocol
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 QUICKSTART = RECIPES / "quickstart.yaml"
@@ -31,16 +32,8 @@ def test_every_recipe_validates_and_says_how_to_run_it(path):
 ])
 def test_catseg_recipes_carry_the_official_protocol(file, clip, size, guidance):
     recipe = load_recipe(RECIPES / file)
-    assert (recipe.method, recipe.finetune.mode) == ("catseg", "attention")
-    assert (recipe.clip.name, recipe.clip.pretrained, recipe.clip.image_size) == (clip, "openai", size)
-    assert recipe.clip.templates == "single"
-    assert recipe.decoder.guidance_layers == guidance
-    assert (recipe.data.benchmark, recipe.data.crop_size, recipe.data.batch_size) == ("coco-stuff", 384, 4)
-    assert recipe.train.iterations == 80_000
-    optim = recipe.optim
-    assert (optim.lr, optim.lr * optim.clip_lr_multiplier, optim.weight_decay, optim.grad_clip) == pytest.approx(
-        (2e-4, 2e-6, 1e-4, 0.01))
-    assert (optim.schedule, optim.warmup_iters, optim.weight_decay_norm, optim.weight_decay_embed) == ("cosine", 0, 0, 0)
+    assert recipe.finetune.mode == "attention"
+    assert_official_protocol(recipe, clip, size, guidance)
 
 
 def test_overrides_apply_with_types_checked():

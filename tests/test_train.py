@@ -232,3 +232,30 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(reference,
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.suffix == ".json") == ["step_00000003.json"]
     kept, expected = weights(run, 3), weights(reference, 3)
     assert all(torch.equal(kept[name], expected[name]) for name in expected)
+
+
+def test_a_run_folder_with_a_best_checkpoint_resumes_and_keeps_the_true_best(tmp_path):
+    """--resume RUN_FOLDER continues from the latest step (best.* has no training state), and each step
+    checkpoint records the best score including that step's own evaluation."""
+    run = tmp_path / "evaluated"
+    evaluated = [*TINY, "train.eval_benches=[toy]", "train.eval_every=3", "train.eval_limit=2"]
+    result = train(*evaluated, "--output", str(run))
+    assert result.exit_code == 0, result.output
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    best_score = sum(best["metrics"].values()) / len(best["metrics"])
+    state = torch.load(run / "checkpoints" / "step_00000006.state.pt", weights_only=True)
+    assert state["best_score"] == pytest.approx(best_score)
+    result = train(*evaluated[:-3], "train.iterations=9", "train.eval_benches=[toy]", "train.eval_every=3",
+                   "train.eval_limit=2", "--output", str(run), "--resume", str(run))
+    assert result.exit_code == 0, result.output
+    assert (run / "checkpoints" / "step_00000009.json").is_file()
+
+
+def test_a_half_written_metrics_line_does_not_block_resume(reference, tmp_path):
+    run = tmp_path / "killed"
+    shutil.copytree(reference, run)
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 7, "lo')  # the process died mid-write
+    result = train(*TINY, "train.iterations=8", "--output", str(run), "--resume", "auto")
+    assert result.exit_code == 0, result.output
+    assert max(losses(run)) == 8

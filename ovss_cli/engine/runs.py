@@ -76,7 +76,7 @@ class RunLog:
         if not self.is_main or not self.metrics_path.is_file():
             return
         kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+                if _logged_step(line) <= step]
         self.metrics_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def log(self, record: dict) -> None:
@@ -178,3 +178,11 @@ class Throughput:
         result = {"img_per_s": self._images / elapsed, "eta_s": remaining_steps * elapsed / max(self._steps, 1)}
         self._time, self._images, self._steps = now, 0, 0
         return result
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a blank or half-written line (a killed run) counts as after any step."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf

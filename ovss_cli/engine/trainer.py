@@ -171,7 +171,14 @@ class Trainer:
         if resume == "auto":
             found = ckpt.step_checkpoints(self.checkpoint_dir)
             return found[-1][1] if found else None
-        return ckpt.resolve_checkpoint(Path(resume))
+        path = Path(resume)
+        if path.is_dir():  # a run folder resumes from its latest step checkpoint (best.* holds no training state)
+            directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+            found = ckpt.step_checkpoints(directory)
+            if not found:
+                raise OvssError(f"no complete step checkpoint in {directory} to resume from")
+            return found[-1][1]
+        return ckpt.resolve_checkpoint(path)
 
     def _restore(self, weights: Path) -> int:
         state = ckpt.load_training_state(ckpt.training_state_path(weights))
@@ -293,10 +300,11 @@ class Trainer:
                               "peak_mem_mb": peak_memory_mb(self.device)}
                     run_log.log(record)
                     reporter.report(record)
-                if step % train.checkpoint_every == 0 or step == train.iterations:
-                    self._save(step)
+                # Evaluate first, so the step checkpoint records this step's best score.
                 if self.eval_sets and ((train.eval_every and step % train.eval_every == 0) or step == train.iterations):
                     eval_results = self.evaluate(step, reporter, run_log)
+                if step % train.checkpoint_every == 0 or step == train.iterations:
+                    self._save(step)
         finally:
             reporter.close()
             run_log.close()

@@ -128,7 +128,13 @@ def test_predict_writes_label_overlay_legend(tmp_path):
         assert (out / f"img{i}_legend.png").is_file()
     summary = json.loads((out / "classes.json").read_text())
     assert summary["classes"] == ["cat", "grass", "sky"]
-    assert sum(summary["area_fraction"]["img0.png"].values()) == pytest.approx(1.0)
+    assert sum(summary["area_fraction"]["img0"].values()) == pytest.approx(1.0)
+    # Two inputs with the same name would overwrite each other's outputs: refused up front.
+    other = tmp_path / "other"
+    other.mkdir()
+    cv2.imwrite(str(other / "img0.png"), np.zeros((8, 8, 3), np.uint8))
+    result = runner.invoke(app, ["predict", str(images), str(other), "--classes", "cat, sky", "--out", str(out)])
+    assert result.exit_code == 2 and "same <name>_label.png" in result.output
 
 
 def test_predict_needs_classes(tmp_path):

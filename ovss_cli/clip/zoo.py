@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from pathlib import Path
@@ -63,31 +64,31 @@ def create_clip(name: str, pretrained: str | None = None, random_init_seed: int 
             "or pass a local .pt/.safetensors file"
         )
     try:
-        with _hub_offline(True):  # the local cache first: no network needed, no retries
+        # The local cache first: no network needed, no retries; open_clip's own error log stays quiet.
+        with _hub_offline(True), _quiet_root_logger(logging.CRITICAL):
             return open_clip.create_model(name, pretrained=pretrained)
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or not _hub_reachable():
         raise OvssError(
             f"CLIP weights '{name}/{pretrained}' are not in the local cache and cannot be downloaded "
-            f"(offline); download them once elsewhere and pass the file: clip.pretrained=/path/to/{name}.pt"
+            f"(offline); download them once elsewhere and pass the file: --pretrained /path/to/{name}.pt "
+            f"(in a recipe: clip.pretrained=/path/to/{name}.pt)"
         )
     try:
         return open_clip.create_model(name, pretrained=pretrained)
     except Exception as err:
         raise OvssError(
             f"downloading CLIP weights '{name}/{pretrained}' failed ({str(err).splitlines()[0]}); "
-            f"pass a local file instead: clip.pretrained=/path/to/{name}.pt"
+            f"pass a local file instead: --pretrained /path/to/{name}.pt (in a recipe: clip.pretrained=...)"
         ) from err
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
-    import logging
-
+def _quiet_root_logger(level: int = logging.ERROR):
     root = logging.getLogger()
     previous = root.level
-    root.setLevel(logging.ERROR)
+    root.setLevel(level)
     try:
         yield
     finally:

@@ -64,6 +64,68 @@ def _encoder(recipe, device: str):
     return visual
 
 
+def _time_training_step(parsed, device: str, precision: str, batch: int, steps: int, warmup: int) -> tuple[float, float]:
+    """(seconds, peak MB) of the recipe's full training step: forward, loss, backward, clipping, AdamW."""
+    import torch
+
+    from ovss_cli.engine.precision import autocast
+    from ovss_cli.engine.seeding import seed_everything
+    from ovss_cli.methods.registry import build_model
+
+    seed_everything(parsed.seed)
+    size = parsed.data.crop_size
+    model = build_model(parsed, pretrained=False).to(device).train()
+    if parsed.train.activation_checkpointing:
+        model.enable_activation_checkpointing()
+    groups = model.param_groups(parsed.optim)
+    trainable = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=parsed.optim.lr)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16-mixed")
+    inputs = {"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device),
+              "label": torch.randint(0, len(model.train_classes), (batch, size, size), device=device)}
+
+    def train_step() -> None:
+        with autocast(precision, device):
+            loss = model(inputs)["loss"]
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if parsed.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, parsed.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return time_calls(train_step, steps, warmup, device)  # the model is freed on return, before the ceiling run
+
+
+def _time_inference(parsed, names: list[str], device: str, precision: str, image_size: int, mode: str,
+                    images: int, warmup: int) -> tuple[tuple[float, float], float]:
+    """((seconds, peak MB) per image, text-encoding seconds) of the recipe's model on one vocabulary."""
+    import torch
+
+    from ovss_cli.engine.precision import autocast
+    from ovss_cli.engine.seeding import seed_everything
+    from ovss_cli.evaluate.inference import predict_scores
+    from ovss_cli.methods.registry import build_model
+
+    seed_everything(parsed.seed)
+    model = build_model(parsed, pretrained=False).to(device).eval()
+    start = time.perf_counter()
+    with autocast(precision, device):
+        model.set_vocabulary(names)
+    _synchronize(device)
+    text_seconds = time.perf_counter() - start
+    image = torch.randn(3, image_size, image_size, device=device)
+
+    @torch.no_grad()
+    def infer() -> None:
+        with autocast(precision, device):
+            scores = predict_scores(image, model.scores, mode, model.window, (image_size, image_size))
+        scores.argmax(dim=0)
+
+    return time_calls(infer, images, warmup, device), text_seconds
+
+
 def _report(title: str, rows: list[tuple[str, int, float, float]], memory_note: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -96,37 +158,12 @@ def benchmark_train(
     import torch
 
     from ovss_cli.engine.precision import autocast, resolve_precision
-    from ovss_cli.engine.seeding import seed_everything
-    from ovss_cli.methods.registry import build_model
 
     device = common.resolve_device(device if device != "auto" or parsed.train.device == "auto" else parsed.train.device)
     precision = resolve_precision(parsed.train.precision, device)
     size = parsed.data.crop_size
     batch = batch or parsed.data.batch_size
-    seed_everything(parsed.seed)
-    model = build_model(parsed, pretrained=False).to(device).train()
-    if parsed.train.activation_checkpointing:
-        model.enable_activation_checkpointing()
-    groups = model.param_groups(parsed.optim)
-    trainable = [p for group in groups for p in group["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=parsed.optim.lr)
-    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16-mixed")
-    inputs = {"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device),
-              "label": torch.randint(0, len(model.train_classes), (batch, size, size), device=device)}
-
-    def train_step() -> None:
-        with autocast(precision, device):
-            loss = model(inputs)["loss"]
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        if parsed.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, parsed.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    full = time_calls(train_step, steps, warmup, device)
-    del model, optimizer, inputs
+    full = _time_training_step(parsed, device, precision, batch, steps, warmup)
     encoder = _encoder(parsed, device)
     clip_size = parsed.clip.image_size
     images = torch.randn(batch, 3, clip_size, clip_size, device=device)
@@ -175,29 +212,11 @@ def benchmark_eval(
     import torch
 
     from ovss_cli.engine.precision import autocast, resolve_precision
-    from ovss_cli.engine.seeding import seed_everything
-    from ovss_cli.evaluate.inference import SlidingWindow, predict_scores
-    from ovss_cli.methods.registry import build_model
+    from ovss_cli.evaluate.inference import SlidingWindow
 
     device = common.resolve_device(device if device != "auto" or parsed.train.device == "auto" else parsed.train.device)
     precision = resolve_precision(parsed.train.precision, device)
-    seed_everything(parsed.seed)
-    model = build_model(parsed, pretrained=False).to(device).eval()
-    start = time.perf_counter()
-    with autocast(precision, device):
-        model.set_vocabulary(names)
-    _synchronize(device)
-    text_seconds = time.perf_counter() - start
-    image = torch.randn(3, image_size, image_size, device=device)
-
-    @torch.no_grad()
-    def infer() -> None:
-        with autocast(precision, device):
-            scores = predict_scores(image, model.scores, mode, model.window, (image_size, image_size))
-        scores.argmax(dim=0)
-
-    full = time_calls(infer, images, warmup, device)
-    del model
+    full, text_seconds = _time_inference(parsed, names, device, precision, image_size, mode, images, warmup)
     encoder = _encoder(parsed, device).eval()
     views = SlidingWindow.for_window(parsed.data.crop_size)
     num_views = ((views.resize - views.window) // views.stride + 1) ** 2 + 1 if mode == "sliding" else 1

@@ -47,7 +47,7 @@ def evaluate(
 
     root = resolve_data_root(data_root)
     datasets = [SegmentationSet(name, root, limit) for name in names]  # fail on a missing folder before loading a model
-    dist = init_distributed(prefer_cuda=common.resolve_device(device) != "cpu")
+    dist = init_distributed(common.resolve_device(device))
     try:
         precision = resolve_precision(precision, dist.device)
         segmenter = common.build_segmenter(checkpoint, clip_model, pretrained, image_size, templates, dist.device,

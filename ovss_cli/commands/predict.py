@@ -26,7 +26,13 @@ def collect_images(inputs: list[Path]) -> list[Path]:
             raise UsageError(f"no such image or folder: {path}")
     if not images:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
-    return images
+    stems: dict[str, Path] = {}
+    for image in images:
+        if image.stem in stems and stems[image.stem] != image:
+            raise UsageError(f"{stems[image.stem]} and {image} would write the same <name>_label.png; "
+                             "predict them in separate runs with different --out folders")
+        stems[image.stem] = image
+    return list(stems.values())
 
 
 def predict(
@@ -86,6 +92,6 @@ def predict(
         cv2.imwrite(str(out / f"{path.stem}_label.png"), label.astype(dtype))
         cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(overlay(image, label, colours), cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(out / f"{path.stem}_legend.png"), cv2.cvtColor(legend(names, present, colours), cv2.COLOR_RGB2BGR))
-        index[path.name] = {names[i]: float((label == i).mean()) for i in present}
+        index[path.stem] = {names[i]: float((label == i).mean()) for i in present}
     (out / "classes.json").write_text(json.dumps({"classes": names, "area_fraction": index}, indent=2))
     typer.echo(f"wrote {len(images)} predictions to {out}")

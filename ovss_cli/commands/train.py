@@ -41,7 +41,7 @@ def train(
     check_train_data(parsed.data)  # a missing dataset fails here, not once per rank
     if relaunch_if_needed(gpus, nnodes, node_rank, master_addr, master_port):
         return
-    dist = init_distributed(prefer_cuda=parsed.train.device != "cpu")
+    dist = init_distributed(parsed.train.device)
     try:
         if parsed.train.device == "cuda" and not dist.device.startswith("cuda"):
             from ovss_cli.errors import UsageError

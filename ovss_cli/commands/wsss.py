@@ -98,7 +98,7 @@ def pseudolabel(
     settings = {"method": method, "dataset": dataset, "split": split, "image_labels": data.label_source,
                 "clip": identity, "prototypes": str(prototypes.resolve()) if prototypes else None,
                 "clip_es": config.as_dict()}
-    dist = init_distributed(prefer_cuda=common.resolve_device(device) != "cpu")
+    dist = init_distributed(common.resolve_device(device))
     try:
         prepare_output(out, settings, dist.is_main)
         cams = build_cams(clip_name, weights, data, config, dist.device, vision)
@@ -181,7 +181,7 @@ def prototypes(
     from ovss_cli.wsss.vpl import learn_prototypes
 
     clip_name, weights = _clip_choice(dataset, clip_model, pretrained)
-    dist = init_distributed(prefer_cuda=common.resolve_device(device) != "cpu")
+    dist = init_distributed(common.resolve_device(device))
     try:
         cams = build_cams(clip_name, weights, data, config, dist.device)
         features, labels = collect_regions(data, cams, vpl_config.region_cam, vpl_config.region_threshold, dist)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ovss_cli.errors import OvssError, UsageError
 
-# The argv of the running `ovss` invocation (set by ovss_cli.cli.main); children get the same command.
+# The argv of the running `ovss` invocation when given to ovss_cli.cli.main; children get the same command.
 LAUNCH_ARGV: list[str] | None = None
 
 
@@ -65,14 +65,18 @@ def relaunch_if_needed(gpus: int, nnodes: int = 1, node_rank: int = 0, master_ad
     return True
 
 
-def init_distributed(prefer_cuda: bool = True) -> DistInfo:
-    """Join the process group torchrun set up (if any) and pick this rank's device."""
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group torchrun set up (if any) and pick this rank's device.
+
+    `device`: auto (CUDA when available), cpu, cuda or cuda:N (N is honoured by a single process;
+    several processes take cuda:<local rank>).
+    """
     import torch
     import torch.distributed as dist
 
-    use_cuda = prefer_cuda and torch.cuda.is_available()
+    use_cuda = device != "cpu" and torch.cuda.is_available()
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        return DistInfo(device="cuda" if use_cuda else "cpu")
+        return DistInfo(device=(device if device.startswith("cuda:") else "cuda") if use_cuda else "cpu")
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     if use_cuda:
         torch.cuda.set_device(local)

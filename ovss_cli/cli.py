@@ -15,6 +15,7 @@ from typing import Callable
 import typer
 
 from ovss_cli.commands import benchmark as benchmark_cmd
+from ovss_cli.commands import convert as convert_cmd
 from ovss_cli.commands import evaluate as evaluate_cmd
 from ovss_cli.commands import export as export_cmd
 from ovss_cli.commands import predict as predict_cmd
@@ -68,6 +69,7 @@ register("distill", train_cmd.distill, no_args_is_help=True)
 register("evaluate", evaluate_cmd.evaluate)
 register("predict", predict_cmd.predict, no_args_is_help=True)
 register("export", export_cmd.export, no_args_is_help=True)
+register("convert", convert_cmd.convert, no_args_is_help=True)
 register("prototypes", wsss_cmd.prototypes, no_args_is_help=True)
 register("pseudolabel", wsss_cmd.pseudolabel, no_args_is_help=True)
 

@@ -86,7 +86,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group; on success only after every rank got here.
+
+    gloo aborts a rank whose peer tears the group down while it is still finishing (rank 0
+    writing results). When this rank is failing (called from a `finally` with an exception in
+    flight) it leaves at once instead, so torchrun sees the failure rather than a hung barrier.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()

@@ -85,6 +85,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=f"cuda:{local}" if use_cuda else "cpu")
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op without an initialised process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown_distributed() -> None:
     """Leave the process group; on success only after every rank got here.
 
@@ -96,5 +104,5 @@ def shutdown_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         if sys.exc_info()[0] is None:
-            dist.barrier()
+            barrier()
         dist.destroy_process_group()

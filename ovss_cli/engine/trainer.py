@@ -19,7 +19,7 @@ import torch
 
 from ovss_cli.config import to_dict
 from ovss_cli.engine import checkpoint as ckpt
-from ovss_cli.engine.distributed import DistInfo
+from ovss_cli.engine.distributed import DistInfo, barrier
 from ovss_cli.engine.precision import autocast, resolve_precision
 from ovss_cli.engine.runs import RunLog, StepReporter, Throughput
 from ovss_cli.engine.seeding import rng_state, seed_everything, set_rng_state, use_deterministic_kernels
@@ -85,13 +85,6 @@ def _gather_rng(dist: DistInfo) -> list[dict]:
     states: list = [None] * dist.world_size
     tdist.all_gather_object(states, state)
     return states
-
-
-def _barrier(dist: DistInfo) -> None:
-    if dist.distributed:
-        import torch.distributed as tdist
-
-        tdist.barrier()
 
 
 def checkpoint_sidecar(recipe, model, step: int, metrics: dict | None = None) -> dict:
@@ -227,7 +220,7 @@ class Trainer:
             ckpt.prune_checkpoints(self.checkpoint_dir, self.recipe.train.keep_last)
         else:
             self.last_checkpoint = self.checkpoint_dir / f"{ckpt.step_name(step)}.safetensors"
-        _barrier(self.dist)
+        barrier()
 
     def evaluate(self, step: int, reporter: StepReporter, run_log: RunLog) -> dict:
         from ovss_cli.evaluate.runner import evaluate_dataset
@@ -250,7 +243,7 @@ class Trainer:
             if self.dist.is_main:
                 sidecar = checkpoint_sidecar(self.recipe, self.model, step, metrics=summary)
                 self.best_checkpoint = ckpt.save_checkpoint(self.checkpoint_dir, ckpt.BEST, self.model, sidecar)
-            _barrier(self.dist)
+            barrier()
         return results
 
     def _stop_on_non_finite(self, losses: dict[str, float], step: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ovss_cli.engine.distributed import barrier
 from ovss_cli.errors import UsageError
 from ovss_cli.wsss.clip_es import ClipEsCams, ClipEsConfig
 from ovss_cli.wsss.datasets import IGNORE, WsssDataset
@@ -43,13 +44,6 @@ def build_cams(clip_name: str, pretrained: str | None, dataset: WsssDataset, con
     return ClipEsCams(ClipEsBackbone(model, config.pos_interpolation), foreground, background, config)
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def prepare_output(out_dir: Path, settings: dict, is_main: bool) -> None:
     """Create `out_dir`; refuse one made with other settings; record the settings; drop stale temporaries."""
     from ovss_cli.wsss.writer import remove_stale_temporaries
@@ -69,7 +63,7 @@ def prepare_output(out_dir: Path, settings: dict, is_main: bool) -> None:
             temporary.write_text(json.dumps(settings, indent=2))
             os.replace(temporary, recorded)
         remove_stale_temporaries(out_dir)
-    _barrier()
+    barrier()
 
 
 def generate_pseudolabels(dataset: WsssDataset, cams: ClipEsCams, out_dir: Path, dist, progress: bool = True

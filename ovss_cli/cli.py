@@ -82,7 +82,7 @@ app.add_typer(benchmark_app, name="benchmark")
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`ovss`, `python -m ovss_cli`); `argv` defaults to sys.argv[1:]."""
-    from ovss_cli.engine import distributed
+    from ovss_cli.runtime import distributed
 
     distributed.LAUNCH_ARGV = list(argv) if argv is not None else None  # what --gpus N relaunches
     try:

@@ -185,7 +185,7 @@ def official_to_ovss(state: dict[str, torch.Tensor], expected: dict[str, torch.T
 
 def convert_official_catseg(source: Path, recipe_path: Path, out: Path) -> Path:
     """Write `<out>/checkpoints/best.safetensors` + `best.json` from an official CAT-Seg checkpoint; returns the weights path."""
-    from ovss_cli.engine.checkpoint import BEST, save_checkpoint
+    from ovss_cli.runtime.checkpoint import BEST, save_checkpoint
     from ovss_cli.engine.trainer import checkpoint_sidecar
     from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import load_recipe

@@ -19,10 +19,8 @@ import torch
 from torch import nn
 
 from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.loading import CLIP_FILE, DECODER_FILE, EXPORT_META, load_segmenter
 
-EXPORT_META = "ovss_export.json"
-CLIP_FILE = "open_clip_model.safetensors"
-DECODER_FILE = "decoder.safetensors"
 
 
 def merge_adapters(model: nn.Module) -> None:
@@ -39,7 +37,7 @@ def merge_adapters(model: nn.Module) -> None:
 def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    from ovss_cli.engine.checkpoint import atomic_write
+    from ovss_cli.runtime.checkpoint import atomic_write
 
     tensors = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in tensors.items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
@@ -47,8 +45,7 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def export_open_clip(checkpoint: Path, out_dir: Path) -> list[Path]:
     """Write merged open_clip weights, the decoder weights and ovss_export.json into `out_dir`."""
-    from ovss_cli.engine.checkpoint import read_sidecar, resolve_checkpoint, write_json
-    from ovss_cli.methods.registry import load_segmenter
+    from ovss_cli.runtime.checkpoint import read_sidecar, resolve_checkpoint, write_json
 
     weights = resolve_checkpoint(Path(checkpoint))
     recipe = read_sidecar(weights)["recipe"]
@@ -84,32 +81,6 @@ def _frozen_finetune_section() -> dict:
     return to_dict(FinetuneConfig(mode="frozen"))
 
 
-def is_export_dir(path: Path) -> bool:
-    return path.is_dir() and (path / EXPORT_META).is_file()
-
-
-def load_exported(path: Path, device: str = "cpu"):
-    """The segmenter of an `open_clip` export folder: plain CLIP weights + decoder, in eval mode."""
-    from safetensors.torch import load_file
-
-    from ovss_cli.methods.registry import build_model
-    from ovss_cli.recipes import recipe_from_dict
-
-    try:
-        meta = json.loads((path / EXPORT_META).read_text(encoding="utf-8"))
-        recipe = recipe_from_dict(meta["recipe"], "export recipe")
-    except (ValueError, KeyError, UsageError) as err:
-        raise OvssError(f"{path / EXPORT_META} is unreadable ({err}); export the checkpoint again") from None
-    model = build_model(recipe, pretrained=False)
-    for module, name in ((model.dense.clip, CLIP_FILE), (model.decoder, DECODER_FILE)):
-        try:
-            module.load_state_dict(load_file(str(path / name)), strict=True)
-        except Exception as err:
-            raise OvssError(f"{path / name} is missing or does not fit ({str(err).strip().splitlines()[0]}); "
-                            "export the checkpoint again") from None
-    return model.to(device).eval()
-
-
 class _ScoresGraph(nn.Module):
     """images [B, 3, S, S] (CLIP-normalised) -> class probabilities [B, T, S, S] for a fixed vocabulary."""
 
@@ -140,15 +111,14 @@ def export_onnx(checkpoint: Path, out_file: Path, class_names: Sequence[str], ba
     reshapes); 5 suits CAT-Seg's sliding window (4 windows + 1 global view).
     """
     from ovss_cli.data.transforms import CLIP_MEAN, CLIP_STD
-    from ovss_cli.engine.checkpoint import atomic_write, write_json
-    from ovss_cli.methods.registry import load_segmenter
+    from ovss_cli.runtime.checkpoint import atomic_write, write_json
 
     import importlib.util
 
     if importlib.util.find_spec("onnx") is None:  # torch's exporter needs it
         raise UsageError("ONNX export needs the onnx package: pip install 'ovss[onnx]'")
     path = Path(checkpoint)
-    model = load_exported(path) if is_export_dir(path) else load_segmenter(path, "cpu")
+    model = load_segmenter(path, "cpu")
     if model.finetune.mergeable:
         merge_adapters(model)  # plain weights: a smaller, faster graph
     model.set_vocabulary(list(class_names))

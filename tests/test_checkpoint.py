@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from ovss_cli.engine import checkpoint as ckpt
-from ovss_cli.engine.seeding import rng_state, set_rng_state
+from ovss_cli.runtime import checkpoint as ckpt
+from ovss_cli.runtime.seeding import rng_state, set_rng_state
 from ovss_cli.errors import OvssError
 
 

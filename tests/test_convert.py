@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from ovss_cli import cli
-from ovss_cli.methods.registry import build_model, load_segmenter
+from ovss_cli.loading import load_segmenter
+from ovss_cli.methods.registry import build_model
 from ovss_cli.recipes import load_recipe
 
 runner = CliRunner()

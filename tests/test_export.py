@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from ovss_cli.cli import app
 from ovss_cli.clip.dense import DenseCLIP
 from ovss_cli.clip.zoo import register_ovss_configs
-from ovss_cli.methods.registry import load_segmenter
+from ovss_cli.loading import load_segmenter
 from tests.test_train import QUICKSTART, TINY
 
 runner = CliRunner()

@@ -82,7 +82,7 @@ def test_run_folder_has_recipe_metrics_and_complete_checkpoints(reference):
 
 
 def test_only_the_intended_parameters_change(reference):
-    from ovss_cli.engine.seeding import seed_everything
+    from ovss_cli.runtime.seeding import seed_everything
     from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import load_recipe
 
@@ -140,7 +140,7 @@ def test_mixed_precision_trains_and_records_its_scaler(tmp_path, precision):
 
 def test_an_interrupted_run_resumes_to_the_same_parameters_and_losses(reference, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    original = Trainer._train_step
+    original = Trainer.train_step
     calls = {"n": 0}
 
     def crash_at_step_5(self, model, batches):
@@ -149,11 +149,11 @@ def test_an_interrupted_run_resumes_to_the_same_parameters_and_losses(reference,
             raise KeyboardInterrupt  # killed between the checkpoints of steps 3 and 6
         return original(self, model, batches)
 
-    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_5)
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_5)
     # two loader workers here, none in the reference: augmentation must not depend on the worker
     result = train(*TINY, "data.workers=2", "--output", str(run))
     assert result.exit_code != 0 and sorted(losses(run)) == [1, 2, 3, 4]
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    monkeypatch.setattr(Trainer, "train_step", original)
     result = train(*TINY, "data.workers=2", "--output", str(run), "--resume", "auto")
     assert result.exit_code == 0, result.output
     assert losses(run) == losses(reference)  # steps 4.. were logged again, not twice
@@ -163,10 +163,11 @@ def test_an_interrupted_run_resumes_to_the_same_parameters_and_losses(reference,
 
 def test_toy_miou_rises_far_above_its_untrained_value(tmp_path):
     from ovss_cli.data.dataset import SegmentationSet
-    from ovss_cli.engine.distributed import DistInfo
-    from ovss_cli.engine.seeding import seed_everything
+    from ovss_cli.runtime.distributed import DistInfo
+    from ovss_cli.runtime.seeding import seed_everything
     from ovss_cli.evaluate.runner import evaluate_dataset
-    from ovss_cli.methods.registry import build_model, load_segmenter
+    from ovss_cli.loading import load_segmenter
+    from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import load_recipe
 
     overrides = ["train.iterations=120", "train.log_every=60", "train.checkpoint_every=120", "train.eval_limit=12"]

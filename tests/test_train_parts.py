@@ -122,7 +122,7 @@ def test_param_groups_scale_clip_lr_and_exempt_norms_and_embeddings():
 
 
 def test_activation_checkpointing_wraps_every_block_and_keeps_gradients():
-    from ovss_cli.engine.seeding import seed_everything
+    from ovss_cli.runtime.seeding import seed_everything
     from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import load_recipe
 

@@ -65,37 +65,32 @@ def _encoder(recipe, device: str):
 
 
 def _time_training_step(parsed, device: str, precision: str, batch: int, steps: int, warmup: int) -> tuple[float, float]:
-    """(seconds, peak MB) of the recipe's full training step: forward, loss, backward, clipping, AdamW."""
+    """(seconds, peak MB) of the Trainer's own step on the recipe's model: forward, loss, backward, clipping, AdamW."""
+    import dataclasses
+    import itertools
+    import tempfile
+
     import torch
 
-    from ovss_cli.engine.precision import autocast
-    from ovss_cli.engine.seeding import seed_everything
+    from ovss_cli.engine.trainer import Trainer
     from ovss_cli.methods.registry import build_model
+    from ovss_cli.runtime.distributed import DistInfo
+    from ovss_cli.runtime.seeding import seed_everything
 
     seed_everything(parsed.seed)
     size = parsed.data.crop_size
-    model = build_model(parsed, pretrained=False).to(device).train()
-    if parsed.train.activation_checkpointing:
-        model.enable_activation_checkpointing()
-    groups = model.param_groups(parsed.optim)
-    trainable = [p for group in groups for p in group["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=parsed.optim.lr)
-    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16-mixed")
+    recipe = dataclasses.replace(parsed, train=dataclasses.replace(parsed.train, precision=precision),
+                                 data=dataclasses.replace(parsed.data, batch_size=batch),
+                                 optim=dataclasses.replace(parsed.optim, accumulate_steps=1))
+    model = build_model(recipe, pretrained=False)
+    with tempfile.TemporaryDirectory() as run_dir:  # the step writes nothing; a Trainer needs a folder
+        trainer = Trainer(recipe, model, DistInfo(device=device), Path(run_dir))
+    trainer.build_optimizer()
     inputs = {"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device),
               "label": torch.randint(0, len(model.train_classes), (batch, size, size), device=device)}
-
-    def train_step() -> None:
-        with autocast(precision, device):
-            loss = model(inputs)["loss"]
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        if parsed.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, parsed.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    return time_calls(train_step, steps, warmup, device)  # the model is freed on return, before the ceiling run
+    batches = itertools.repeat(inputs)
+    trainer.model.train()
+    return time_calls(lambda: trainer.train_step(trainer.model, batches), steps, warmup, device)
 
 
 def _time_inference(parsed, names: list[str], device: str, precision: str, image_size: int, mode: str,
@@ -103,8 +98,8 @@ def _time_inference(parsed, names: list[str], device: str, precision: str, image
     """((seconds, peak MB) per image, text-encoding seconds) of the recipe's model on one vocabulary."""
     import torch
 
-    from ovss_cli.engine.precision import autocast
-    from ovss_cli.engine.seeding import seed_everything
+    from ovss_cli.runtime.precision import autocast
+    from ovss_cli.runtime.seeding import seed_everything
     from ovss_cli.evaluate.inference import predict_scores
     from ovss_cli.methods.registry import build_model
 
@@ -157,7 +152,7 @@ def benchmark_train(
     parsed = load_recipe(recipe, list(overrides or []))
     import torch
 
-    from ovss_cli.engine.precision import autocast, resolve_precision
+    from ovss_cli.runtime.precision import autocast, resolve_precision
 
     device = common.resolve_device(device if device != "auto" or parsed.train.device == "auto" else parsed.train.device)
     precision = resolve_precision(parsed.train.precision, device)
@@ -211,7 +206,7 @@ def benchmark_eval(
         names = list(load_vocabulary(get_benchmark(bench).vocabulary))
     import torch
 
-    from ovss_cli.engine.precision import autocast, resolve_precision
+    from ovss_cli.runtime.precision import autocast, resolve_precision
     from ovss_cli.evaluate.inference import SlidingWindow
 
     device = common.resolve_device(device if device != "auto" or parsed.train.device == "auto" else parsed.train.device)

@@ -29,7 +29,7 @@ def build_segmenter(checkpoint: Optional[Path], clip_model: Optional[str], pretr
                     image_size: Optional[int], templates: str, device: str, tiny_default: bool):
     """A trained model from `checkpoint`, else the zero-shot dense-CLIP baseline (in eval mode, on `device`)."""
     if checkpoint is not None:
-        from ovss_cli.methods.registry import load_segmenter
+        from ovss_cli.loading import load_segmenter
 
         return load_segmenter(checkpoint, device)
     from ovss_cli.clip.config import ClipConfig, build_dense_clip

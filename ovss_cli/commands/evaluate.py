@@ -34,7 +34,7 @@ def evaluate(
     Example: ovss evaluate --bench ade847 --bench pc459 --checkpoint runs/hclip/20260101-120000 --gpus 4
     """
     from ovss_cli.data.benchmarks import TOY, expand_benchmarks
-    from ovss_cli.engine.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
+    from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
 
     common.check_mode(mode)
     names = expand_benchmarks(list(bench))
@@ -42,7 +42,7 @@ def evaluate(
         return
     from ovss_cli.data.dataset import SegmentationSet
     from ovss_cli.data.root import resolve_data_root
-    from ovss_cli.engine.precision import resolve_precision
+    from ovss_cli.runtime.precision import resolve_precision
     from ovss_cli.evaluate.runner import evaluate_dataset
 
     root = resolve_data_root(data_root)

@@ -68,7 +68,7 @@ def predict(
 
     from ovss_cli.data.io import read_image
     from ovss_cli.data.transforms import to_clip_tensor
-    from ovss_cli.engine.precision import autocast, resolve_precision
+    from ovss_cli.runtime.precision import autocast, resolve_precision
     from ovss_cli.evaluate.inference import predict_scores
     from ovss_cli.evaluate.visualize import legend, overlay, palette
     from ovss_cli.progress import track

@@ -36,7 +36,7 @@ def train(
         describe(parsed)
         return
     from ovss_cli.data.train_set import check_train_data
-    from ovss_cli.engine.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
+    from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
 
     check_train_data(parsed.data)  # a missing dataset fails here, not once per rank
     if relaunch_if_needed(gpus, nnodes, node_rank, master_addr, master_port):
@@ -55,7 +55,9 @@ def train(
 def run_training(recipe, dist, output: Optional[Path], resume: Optional[str]):
     from ovss_cli.engine.runs import choose_run_dir
     from ovss_cli.engine.trainer import train as train_loop
+    from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import save_recipe
+    from ovss_cli.runtime.seeding import seed_everything
 
     run_dir = choose_run_dir(recipe.name, output, resume) if dist.is_main else None
     if dist.distributed:  # every rank must use rank 0's folder (timestamps differ between processes)
@@ -68,7 +70,9 @@ def run_training(recipe, dist, output: Optional[Path], resume: Optional[str]):
         save_recipe(recipe, run_dir / "recipe.yaml",
                     header=f"Resolved recipe of the run in {run_dir}.\nRun it again: ovss train {run_dir / 'recipe.yaml'}")
         typer.echo(f"run folder: {run_dir}", err=True)
-    result = train_loop(recipe, dist, run_dir, resume)
+    seed_everything(recipe.seed)  # identical initialisation on every rank
+    model = build_model(recipe)
+    result = train_loop(recipe, model, dist, run_dir, resume)
     if dist.is_main:
         typer.echo(f"trained to step {result.step}; checkpoint: {result.checkpoint}")
         if result.best_checkpoint is not None:

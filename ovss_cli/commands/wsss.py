@@ -73,7 +73,7 @@ def pseudolabel(
 
     Example: ovss pseudolabel --method clip-es --dataset voc --split train --out pseudo/clip_es --gpus 4
     """
-    from ovss_cli.engine.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
+    from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
     from ovss_cli.errors import UsageError
     from ovss_cli.wsss.crf import CrfParams
     from ovss_cli.wsss.datasets import open_wsss_dataset
@@ -162,7 +162,7 @@ def prototypes(
 
     Example: ovss prototypes --dataset voc --split train_aug --out prototypes/voc_vitb16.safetensors --gpus 4
     """
-    from ovss_cli.engine.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
+    from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
     from ovss_cli.wsss.datasets import open_wsss_dataset
     from ovss_cli.wsss.vpl import VplConfig
 

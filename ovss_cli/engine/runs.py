@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ovss_cli.engine.checkpoint import resolve_checkpoint, step_checkpoints
+from ovss_cli.runtime.checkpoint import resolve_checkpoint, step_checkpoints
 
 RUNS_ROOT = Path("runs")
 

@@ -1,5 +1,5 @@
-"""The training loop, method-agnostic: it sees a model with `forward(batch) -> {'loss': ...}`,
-`param_groups(optim_cfg)` and the Segmenter protocol, built by `ovss_cli.methods.registry`.
+"""The training loop, method-agnostic: it is handed a model with `forward(batch) -> {'loss': ...}`,
+`param_groups(optim_cfg)` and the Segmenter protocol, and never knows which method it runs.
 
 AdamW on the model's parameter groups, cosine schedule with optional linear warm-up,
 full-model gradient-norm clipping, gradient accumulation (DDP gradient sync only on the last
@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from ovss_cli.config import to_dict
-from ovss_cli.engine import checkpoint as ckpt
-from ovss_cli.engine.distributed import DistInfo, barrier
-from ovss_cli.engine.precision import autocast, resolve_precision
+from ovss_cli.runtime import checkpoint as ckpt
+from ovss_cli.runtime.distributed import DistInfo, barrier
+from ovss_cli.runtime.precision import autocast, resolve_precision
 from ovss_cli.engine.runs import RunLog, StepReporter, Throughput
-from ovss_cli.engine.seeding import rng_state, seed_everything, set_rng_state, use_deterministic_kernels
+from ovss_cli.runtime.seeding import rng_state, seed_everything, set_rng_state, use_deterministic_kernels
 from ovss_cli.errors import OvssError, UsageError
 
 
@@ -107,8 +107,9 @@ def checkpoint_sidecar(recipe, model, step: int, metrics: dict | None = None) ->
 class Trainer:
     """One training run of `recipe` in `run_dir` on this process's share of the job."""
 
-    def __init__(self, recipe, dist: DistInfo, run_dir: Path):
+    def __init__(self, recipe, model: torch.nn.Module, dist: DistInfo, run_dir: Path):
         self.recipe = recipe
+        self.model = model
         self.dist = dist
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -133,16 +134,21 @@ class Trainer:
     def _build(self) -> None:
         from ovss_cli.data.train_set import TrainSegmentationSet
         from ovss_cli.engine.loader import build_loader
-        from ovss_cli.methods.registry import build_model
 
-        recipe, optim = self.recipe, self.recipe.optim
+        recipe = self.recipe
         if recipe.deterministic:
             use_deterministic_kernels()
-        # data first: a missing folder fails before the model is built
         self.dataset = TrainSegmentationSet(recipe.data, recipe.seed)
         self.eval_sets = self._eval_sets()
-        seed_everything(recipe.seed)  # identical initialisation on every rank
-        self.model = build_model(recipe).to(self.device)
+        self.build_optimizer()
+        self.loader, self.sampler = build_loader(self.dataset, self.micro_batch, recipe.data.workers, recipe.seed,
+                                                 self.dist.rank, self.dist.world_size,
+                                                 pin_memory=self.device.type == "cuda")
+
+    def build_optimizer(self) -> None:
+        """Move the model to the device and set up AdamW, the schedule and the grad scaler."""
+        recipe, optim = self.recipe, self.recipe.optim
+        self.model = self.model.to(self.device)
         if recipe.train.activation_checkpointing:
             self.model.enable_activation_checkpointing()
         groups = self.model.param_groups(optim)
@@ -154,9 +160,6 @@ class Trainer:
             lr_factor, iterations=recipe.train.iterations, schedule=optim.schedule,
             warmup_iters=optim.warmup_iters, warmup_factor=optim.warmup_factor))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16-mixed")
-        self.loader, self.sampler = build_loader(self.dataset, self.micro_batch, recipe.data.workers, recipe.seed,
-                                                 self.dist.rank, self.dist.world_size,
-                                                 pin_memory=self.device.type == "cuda")
 
     def _resume_point(self, resume: str | None) -> Path | None:
         if not resume:
@@ -283,7 +286,7 @@ class Trainer:
         self.model.train()
         try:
             while step < train.iterations:
-                losses = self._train_step(model, batches)
+                losses = self.train_step(model, batches)
                 step += 1
                 self._stop_on_non_finite(losses, step)
                 throughput.add(recipe.data.batch_size)
@@ -303,7 +306,8 @@ class Trainer:
             run_log.close()
         return TrainResult(self.run_dir, step, self.last_checkpoint, self.best_checkpoint, eval_results)
 
-    def _train_step(self, model, batches) -> dict[str, float]:
+    def train_step(self, model, batches) -> dict[str, float]:
+        """One optimizer step over `optim.accumulate_steps` micro-batches drawn from `batches`."""
         optim = self.recipe.optim
         accumulate = optim.accumulate_steps
         totals: dict[str, torch.Tensor] = {}
@@ -332,6 +336,7 @@ class Trainer:
         return reduced
 
 
-def train(recipe, dist: DistInfo, run_dir: Path, resume: str | None = None) -> TrainResult:
-    """Train `recipe` on this process (one rank of a torchrun job, or alone) into `run_dir`."""
-    return Trainer(recipe, dist, run_dir).fit(resume)
+def train(recipe, model: torch.nn.Module, dist: DistInfo, run_dir: Path, resume: str | None = None) -> TrainResult:
+    """Train `model` as `recipe` says on this process (one rank of a torchrun job, or alone) into `run_dir`.
+    Every rank must pass an identically initialised model (seed before building it)."""
+    return Trainer(recipe, model, dist, run_dir).fit(resume)

@@ -8,8 +8,8 @@ import torch
 
 from ovss_cli.data.dataset import SegmentationSet
 from ovss_cli.data.transforms import to_clip_tensor
-from ovss_cli.engine.distributed import DistInfo
-from ovss_cli.engine.precision import autocast
+from ovss_cli.runtime.distributed import DistInfo
+from ovss_cli.runtime.precision import autocast
 from ovss_cli.evaluate.inference import predict_scores
 from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
 from ovss_cli.progress import track

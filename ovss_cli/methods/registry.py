@@ -37,29 +37,3 @@ def build_model(recipe, pretrained: bool = True):
     if recipe.method not in BUILDERS:
         raise UsageError(f"method '{recipe.method}' has no model builder; known: {', '.join(BUILDERS)}")
     return BUILDERS[recipe.method](recipe, pretrained)
-
-
-def load_segmenter(path: Path | str, device: str = "cpu"):
-    """A trained model from a checkpoint (.safetensors or its .json sidecar) or a run folder, in eval mode on `device`.
-
-    A run folder resolves to its best checkpoint, else its latest; an `ovss export --format open_clip`
-    folder loads its plain CLIP + decoder weights. The model is rebuilt from the
-    recipe stored in the sidecar with random CLIP weights, then every weight (CLIP, adapters,
-    decoder) is loaded from the file: no pretrained download is needed.
-    """
-    from ovss_cli.engine.checkpoint import load_weights, read_sidecar, resolve_checkpoint
-    from ovss_cli.export import is_export_dir, load_exported
-    from ovss_cli.recipes import recipe_from_dict
-
-    if is_export_dir(Path(path)):
-        return load_exported(Path(path), device)
-    weights = resolve_checkpoint(Path(path))
-    sidecar = read_sidecar(weights)
-    try:
-        recipe = recipe_from_dict(sidecar["recipe"], "checkpoint recipe")
-    except (KeyError, UsageError) as err:
-        raise OvssError(f"checkpoint {weights} has an unusable recipe in its sidecar ({err}); "
-                        "was it written by another ovss version?") from None
-    model = build_model(recipe, pretrained=False)
-    load_weights(model, weights)
-    return model.to(device).eval()

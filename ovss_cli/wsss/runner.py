@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ovss_cli.engine.distributed import barrier
+from ovss_cli.runtime.distributed import barrier
 from ovss_cli.errors import UsageError
 from ovss_cli.wsss.clip_es import ClipEsCams, ClipEsConfig
 from ovss_cli.wsss.datasets import IGNORE, WsssDataset

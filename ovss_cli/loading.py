@@ -39,7 +39,7 @@ def load_segmenter(path: Path | str, device: str = "cpu") -> torch.nn.Module:
     weights = resolve_checkpoint(path)
     sidecar = read_sidecar(weights)
     try:
-        recipe = recipe_from_dict(sidecar["recipe"], "checkpoint recipe")
+        recipe = recipe_from_dict(sidecar["recipe"], "checkpoint recipe", drop_unused_sections=True)
     except (KeyError, UsageError) as err:
         raise OvssError(f"checkpoint {weights} has an unusable recipe in its sidecar ({err}); "
                         "was it written by another ovss version?") from None
@@ -52,7 +52,7 @@ def load_exported(path: Path, device: str = "cpu") -> torch.nn.Module:
     """The segmenter of an `open_clip` export folder: plain CLIP weights + decoder, in eval mode."""
     try:
         meta = json.loads((path / EXPORT_META).read_text(encoding="utf-8"))
-        recipe = recipe_from_dict(meta["recipe"], "export recipe")
+        recipe = recipe_from_dict(meta["recipe"], "export recipe", drop_unused_sections=True)
     except (ValueError, KeyError, TypeError, UsageError) as err:
         raise OvssError(f"{path / EXPORT_META} is unreadable ({err}); export the checkpoint again") from None
     model = build_model(recipe, pretrained=False)

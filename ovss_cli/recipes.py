@@ -1,16 +1,19 @@
 """Recipes: one YAML file per experiment, validated strictly before any heavy work.
 
-A recipe composes sections owned by the modules that use them:
+A recipe composes sections owned by the rooms that use them. Every recipe has
 
     name, method, seed, deterministic
     clip:      ovss_cli.clip.config.ClipConfig
-    finetune:  ovss_cli.peft.config.FinetuneConfig
-    decoder:   ovss_cli.decoder.config.DecoderConfig
-    loss:      ovss_cli.methods.config.LossConfig
-    infoclip:  ovss_cli.methods.infoclip_config.InfoClipConfig (used by method infoclip)
-    data:      ovss_cli.engine.config.DataConfig
+    data:      ovss_cli.data.config.DataConfig
     optim:     ovss_cli.engine.config.OptimConfig
     train:     ovss_cli.engine.config.TrainConfig
+
+and exactly the further sections its method reads (`ovss_cli.methods.registry.METHODS`):
+
+    finetune:  ovss_cli.peft.config.FinetuneConfig
+    decoder:   ovss_cli.decoder.config.DecoderConfig
+    loss:      ovss_cli.losses.config.LossConfig
+    infoclip:  ovss_cli.methods.infoclip_config.InfoClipConfig
 
 `method: catseg` is the CAT-Seg model; H-CLIP is the same model with `finetune.mode: hclip`;
 `method: infoclip` adds InfoCLIP's distillation from the frozen pretrained CLIP.
@@ -19,60 +22,90 @@ Dotted `key=value` overrides apply to the YAML before validation, so they are ch
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
 
 from ovss_cli.clip.config import ClipConfig
 from ovss_cli.config import apply_overrides, from_dict, to_dict
+from ovss_cli.data.config import DataConfig
 from ovss_cli.decoder.config import DecoderConfig
-from ovss_cli.engine.config import DataConfig, OptimConfig, TrainConfig
+from ovss_cli.engine.config import OptimConfig, TrainConfig
 from ovss_cli.errors import UsageError
-from ovss_cli.methods.config import LossConfig
+from ovss_cli.losses.config import LossConfig
 from ovss_cli.methods.infoclip_config import InfoClipConfig
+from ovss_cli.methods.registry import METHODS
 from ovss_cli.peft.config import FinetuneConfig
+from ovss_cli.textutil import did_you_mean
 
-METHODS = ("catseg", "infoclip")
-DISTILLATION_METHODS = ("infoclip",)  # trained with `ovss distill`: a frozen teacher guides the student
+# The choices of `method`, derived from the registry so they never drift apart.
+MethodName = Literal[tuple(METHODS)]
 
 
 @dataclass
 class Recipe:
     name: str = "catseg"
     """Run name: runs go to runs/<name>/<timestamp>/."""
-    method: str = "catseg"
+    method: MethodName = "catseg"
     """Model family: 'catseg' (CAT-Seg; with finetune.mode hclip it is H-CLIP) or 'infoclip'."""
     seed: int = 0
     """Seeds model initialisation; offset per rank and data-loader worker for everything random after it."""
     deterministic: bool = False
     """Deterministic kernels (slower on GPU; runs are then bit-reproducible on the same hardware)."""
     clip: ClipConfig = field(default_factory=ClipConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    infoclip: InfoClipConfig = field(default_factory=InfoClipConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Method sections: present exactly when the method reads them (None otherwise).
+    finetune: Optional[FinetuneConfig] = None
+    decoder: Optional[DecoderConfig] = None
+    loss: Optional[LossConfig] = None
+    infoclip: Optional[InfoClipConfig] = None
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            close = difflib.get_close_matches(self.method, METHODS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UsageError(f"method: unknown method '{self.method}'{hint}; known: {', '.join(METHODS)} "
-                             "(H-CLIP is method catseg with finetune.mode hclip)")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise UsageError(f"name: '{self.name}' must be a plain folder name (it names runs/<name>/)")
+        for section in METHOD_SECTIONS:
+            present = getattr(self, section) is not None
+            if present != (section in METHODS[self.method].sections):
+                state = "needs" if not present else "does not use"
+                raise UsageError(f"method {self.method} {state} the '{section}:' section")
+
+    def to_dict(self) -> dict:
+        """Plain nested dict of the recipe, without the sections its method does not read."""
+        return {key: value for key, value in to_dict(self).items()
+                if not (key in METHOD_SECTIONS and value is None)}
 
 
-def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
+# Sections that only some methods read.
+METHOD_SECTIONS = tuple(sorted({section for spec in METHODS.values() for section in spec.sections}))
+assert set(METHOD_SECTIONS) <= {f.name for f in dataclasses.fields(Recipe)}, "a method reads an unknown section"
+
+
+def recipe_from_dict(data: dict, where: str = "recipe", drop_unused_sections: bool = False) -> Recipe:
+    """Validate a recipe mapping. Sections the method reads default to their defaults when absent; a section
+    it does not read is an error (drop_unused_sections=True ignores them: recipes ovss wrote itself)."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{where} must be a mapping of sections (name:, clip:, train:, ...)")
+    method = data.get("method", Recipe.method)
+    if method not in METHODS:
+        raise UsageError(f"method: unknown method '{method}'{did_you_mean(method, METHODS)}; known: "
+                         f"{', '.join(METHODS)} (H-CLIP is method catseg with finetune.mode hclip)")
+    wanted = METHODS[method].sections
+    unused = [section for section in METHOD_SECTIONS if section in data and section not in wanted]
+    if unused and not drop_unused_sections:
+        raise UsageError(f"section '{unused[0]}:' is not read by method {method}; remove it "
+                         f"(method {method} reads {', '.join(wanted) or 'no method sections'})")
+    data = {key: value for key, value in data.items() if key not in unused}
+    data.update({section: {} for section in wanted if data.get(section) is None})
     return from_dict(Recipe, data, where)
 
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply `key=value` overrides, validate every section (UsageError on any problem)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"recipe {path} not found; pass a YAML file such as recipes/quickstart.yaml")
@@ -90,9 +123,7 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
 
 
 def recipe_to_yaml(recipe: Recipe, header: str = "") -> str:
-    import yaml
-
-    body = yaml.safe_dump(to_dict(recipe), sort_keys=False, default_flow_style=None)
+    body = yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None)
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     return "\n".join([*lines, body]) if lines else body
 

@@ -90,3 +90,37 @@ def test_dry_run_prints_trainable_groups_and_the_resolved_recipe():
     assert "clip/weight" in result.output and "decoder/norm" in result.output
     assert "training data: 64 images (toy)" in result.output
     assert "clip_lr_multiplier: 0.5" in result.output
+
+
+def test_a_recipe_carries_exactly_the_sections_of_its_method(tmp_path):
+    from ovss_cli.methods.registry import METHODS
+
+    catseg = load_recipe(QUICKSTART)
+    assert catseg.infoclip is None and catseg.decoder is not None  # defaults filled for what catseg reads
+    saved = catseg.to_dict()
+    assert set(METHODS["catseg"].sections) <= set(saved) and "infoclip" not in saved
+    with pytest.raises(UsageError, match="section 'infoclip:' is not read by method catseg"):
+        load_recipe(QUICKSTART, ["infoclip.alpha=2"])
+    infoclip = load_recipe(QUICKSTART, ["method=infoclip"])
+    assert infoclip.infoclip is not None and "infoclip" in infoclip.to_dict()
+
+
+def test_method_and_training_set_are_checked_choices_from_their_tables():
+    from ovss_cli.data.benchmarks import TRAIN_SETS
+    from ovss_cli.methods.registry import METHODS
+
+    with pytest.raises(UsageError, match="did you mean 'infoclip'"):
+        load_recipe(QUICKSTART, ["method=infoclp"])
+    with pytest.raises(UsageError, match="did you mean 'coco-stuff'"):
+        load_recipe(QUICKSTART, ["data.benchmark=coco-stuf"])
+    for method in METHODS:
+        assert load_recipe(QUICKSTART, [f"method={method}"]).method == method
+    for name in TRAIN_SETS:
+        assert load_recipe(QUICKSTART, [f"data.benchmark={name}"]).data.benchmark == name
+
+
+def test_validation_never_changes_the_recipe():
+    recipe = load_recipe(QUICKSTART, ["train.eval_benches=[all, toy]"])
+    assert recipe.train.eval_benches == ["all", "toy"]  # expanded where it is used, not rewritten
+    with pytest.raises(UsageError, match="unknown benchmark 'ade15'"):
+        load_recipe(QUICKSTART, ["train.eval_benches=[ade15]"])

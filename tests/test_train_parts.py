@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ovss_cli.data.train_set import TrainSegmentationSet, augment, crop
-from ovss_cli.engine.config import DataConfig, OptimConfig
+from ovss_cli.data.config import DataConfig
+from ovss_cli.engine.config import OptimConfig
 from ovss_cli.engine.loader import EpochSampler
 from ovss_cli.engine.trainer import lr_factor, micro_batch_size
 from ovss_cli.errors import UsageError

@@ -118,10 +118,11 @@ def describe(recipe) -> None:
 @functools.wraps(train)
 def distill(**options) -> None:
     from ovss_cli.errors import UsageError
-    from ovss_cli.recipes import DISTILLATION_METHODS, load_recipe
+    from ovss_cli.methods.registry import METHODS
+    from ovss_cli.recipes import load_recipe
 
     method = load_recipe(options["recipe"], list(options["overrides"] or [])).method
-    if method not in DISTILLATION_METHODS:
+    if not METHODS[method].distills:
         raise UsageError(f"recipe method '{method}' does not distil from a teacher; run it with "
                          f"`ovss train {options['recipe']}`")
     train(**options)

@@ -63,6 +63,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     ]
 }
 
+# Training sets -> the vocabulary of their labels (None: the built-in toy set).
+TRAIN_SETS = {"coco-stuff": "coco_stuff171", "toy": None}
+
 # The six open-vocabulary benchmarks of the H-CLIP / InfoCLIP / CAT-Seg tables, in table order.
 OVSS_BENCHMARKS = ("ade847", "pc459", "ade150", "pc59", "voc20", "voc20b")
 TOY = "toy"

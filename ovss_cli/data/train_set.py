@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ovss_cli.data.benchmarks import TRAIN_SETS
 from ovss_cli.errors import OvssError
 
 IGNORE_INDEX = 255
-# training set -> (benchmark registry name or None for the toy set, its vocabulary)
-TRAIN_SETS = {"coco-stuff": "coco_stuff171", "toy": None}
 
 
 def train_vocabulary(benchmark: str) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Recipe sections owned by the engine: `data:` (training data), `optim:` and `train:` (the loop).
+"""Recipe sections owned by the engine: `optim:` and `train:` (the loop).
 
 No torch here: recipes validate at start-up, before any heavy import.
 """
@@ -8,55 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from ovss_cli.data.benchmarks import expand_benchmarks
 from ovss_cli.errors import UsageError
-
-
-@dataclass
-class DataConfig:
-    """Training images and their augmentation (CAT-Seg's: shortest edge, random crop, SSD colour jitter, flip)."""
-
-    benchmark: str = "coco-stuff"
-    """Training set: 'coco-stuff' (prepared COCO-Stuff-171 train2017) or 'toy' (built-in synthetic)."""
-    data_root: str = ""
-    """Prepared datasets folder; '' = $OVSS_DATASETS, $DETECTRON2_DATASETS, then ./datasets."""
-    crop_size: int = 384
-    """Side of the square training crops (and of the evaluation windows)."""
-    batch_size: int = 4
-    """GLOBAL batch per optimizer step, summed over all processes and accumulation steps."""
-    workers: int = 4
-    """Data-loader worker processes per training process."""
-    resize_shortest_edge: bool = True
-    """Resize each image so its shorter side equals crop_size before cropping."""
-    random_crop: bool = True
-    """Random crop_size crop (false: centre crop)."""
-    cat_max_ratio: float = 1.0
-    """Retry a crop (up to 10 times) while one class covers more than this share of its labelled pixels; 1.0 = off."""
-    color_jitter: bool = True
-    """SSD-style photometric distortion (brightness, contrast, saturation, hue)."""
-    flip: bool = True
-    """Random horizontal flip."""
-    limit: Optional[int] = None
-    """Use only the first N training images (smoke tests)."""
-
-    def validate(self) -> None:
-        from ovss_cli.data.train_set import TRAIN_SETS
-
-        if self.benchmark not in TRAIN_SETS:
-            import difflib
-
-            close = difflib.get_close_matches(self.benchmark, list(TRAIN_SETS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UsageError(f"data.benchmark: unknown training set '{self.benchmark}'{hint}; "
-                             f"known: {', '.join(TRAIN_SETS)}")
-        for name in ("crop_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"data.{name} must be at least 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise UsageError(f"data.workers must be 0 or more, got {self.workers}")
-        if not 0.0 < self.cat_max_ratio <= 1.0:
-            raise UsageError(f"data.cat_max_ratio must lie in (0, 1], got {self.cat_max_ratio}")
-        if self.limit is not None and self.limit < 1:
-            raise UsageError(f"data.limit must be positive or null, got {self.limit}")
 
 
 @dataclass
@@ -136,7 +89,4 @@ class TrainConfig:
             raise UsageError(f"train.eval_every must be >= 0, got {self.eval_every}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise UsageError(f"train.eval_limit must be positive or null, got {self.eval_limit}")
-        if self.eval_benches:
-            from ovss_cli.data.benchmarks import expand_benchmarks
-
-            self.eval_benches = expand_benchmarks(list(self.eval_benches))
+        expand_benchmarks(list(self.eval_benches))  # unknown names fail here; the trainer expands 'all' at use

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from ovss_cli.config import to_dict
 from ovss_cli.runtime import checkpoint as ckpt
 from ovss_cli.runtime.distributed import DistInfo, barrier
 from ovss_cli.runtime.precision import autocast, resolve_precision
@@ -94,13 +93,13 @@ def checkpoint_sidecar(recipe, model, step: int, metrics: dict | None = None) ->
         "format": "ovss-checkpoint/1",
         "ovss_version": __version__,
         "method": recipe.method,
-        "finetune_mode": recipe.finetune.mode,
+        "finetune_mode": recipe.finetune.mode if recipe.finetune is not None else None,
         "clip": {"name": recipe.clip.name, "pretrained": recipe.clip.pretrained, "image_size": recipe.clip.image_size},
         "window": model.window,
         "class_names": list(model.train_classes),
         "step": step,
         "metrics": metrics,
-        "recipe": to_dict(recipe),
+        "recipe": recipe.to_dict(),
     }
 
 
@@ -122,6 +121,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _eval_sets(self) -> list:
+        from ovss_cli.data.benchmarks import expand_benchmarks
         from ovss_cli.data.dataset import SegmentationSet
         from ovss_cli.data.root import resolve_data_root
 
@@ -129,7 +129,7 @@ class Trainer:
         if not train.eval_benches:
             return []
         root = resolve_data_root(self.recipe.data.data_root or None)
-        return [SegmentationSet(name, root, train.eval_limit) for name in train.eval_benches]
+        return [SegmentationSet(name, root, train.eval_limit) for name in expand_benchmarks(train.eval_benches)]
 
     def _build(self) -> None:
         from ovss_cli.data.train_set import TrainSegmentationSet

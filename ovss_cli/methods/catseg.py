@@ -21,7 +21,7 @@ from ovss_cli.clip.dense import DenseCLIP
 from ovss_cli.clip.text import TextEncoder
 from ovss_cli.data.transforms import normalize
 from ovss_cli.decoder.catseg import CATSegDecoder
-from ovss_cli.decoder.loss import segmentation_bce_loss
+from ovss_cli.losses.segmentation import segmentation_bce_loss
 from ovss_cli.errors import UsageError
 
 IGNORE_INDEX = 255

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ovss_cli.clip.dense import DenseCLIP
 from ovss_cli.clip.text import TextEncoder
 from ovss_cli.data.transforms import normalize
-from ovss_cli.decoder.loss import segmentation_bce_loss
+from ovss_cli.losses.segmentation import segmentation_bce_loss
 from ovss_cli.errors import OvssError
 from ovss_cli.losses.alignment_transfer import alignment_transfer_losses
 from ovss_cli.methods.catseg import IGNORE_INDEX, CATSegModel

@@ -1,4 +1,4 @@
-"""Method registry: recipe -> model, and checkpoint -> ready-to-use segmenter.
+"""Method registry: which recipe sections each method reads, and how its model is built.
 
 A training model built here is an nn.Module with
   - `forward(batch)` / `training_loss(batch)` -> dict of scalar tensors with a 'loss' key,
@@ -6,15 +6,14 @@ A training model built here is an nn.Module with
   - `enable_activation_checkpointing()`,
   - the Segmenter protocol (`window`, `set_vocabulary`, `scores`) for evaluation,
   - `train_classes` (the training vocabulary, recorded in checkpoints).
-The engine only ever talks to that interface.
+The engine only ever talks to that interface. This module imports no torch at import time
+(recipes validate against it at start-up); a builder imports its method when called.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
-
-from ovss_cli.errors import OvssError, UsageError
 
 
 def _build_catseg(recipe, pretrained: bool):
@@ -29,11 +28,22 @@ def _build_infoclip(recipe, pretrained: bool):
     return build_infoclip(recipe, pretrained=pretrained)
 
 
-BUILDERS: dict[str, Callable] = {"catseg": _build_catseg, "infoclip": _build_infoclip}
+@dataclass(frozen=True)
+class MethodSpec:
+    build: Callable  # (recipe, pretrained: bool) -> model
+    sections: tuple[str, ...]  # recipe sections this method reads beyond the common ones
+    summary: str
+    distills: bool = False  # trained with `ovss distill`: a frozen teacher guides the student
+
+
+METHODS: dict[str, MethodSpec] = {
+    "catseg": MethodSpec(_build_catseg, ("finetune", "decoder", "loss"),
+                         "CAT-Seg cost aggregation on CLIP; with finetune.mode hclip it is H-CLIP"),
+    "infoclip": MethodSpec(_build_infoclip, ("finetune", "decoder", "loss", "infoclip"),
+                           "InfoCLIP: CAT-Seg distilled from the frozen pretrained CLIP", distills=True),
+}
 
 
 def build_model(recipe, pretrained: bool = True):
     """The recipe's model (CPU, training mode). pretrained=False: random CLIP weights (no download)."""
-    if recipe.method not in BUILDERS:
-        raise UsageError(f"method '{recipe.method}' has no model builder; known: {', '.join(BUILDERS)}")
-    return BUILDERS[recipe.method](recipe, pretrained)
+    return METHODS[recipe.method].build(recipe, pretrained)

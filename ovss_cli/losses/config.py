@@ -1,4 +1,4 @@
-"""Recipe sections owned by the methods (no torch: recipes validate at start-up)."""
+"""Recipe section `loss:` — the segmentation loss (no torch: recipes validate at start-up)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.textutil import first_line
 
 CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 AGGREGATOR_PREFIX = "sem_seg_head.predictor.transformer."
@@ -65,8 +66,7 @@ def read_official_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise OvssError(f"{path} is not a plain PyTorch checkpoint of tensors ({reason}); "
+        raise OvssError(f"{path} is not a plain PyTorch checkpoint of tensors ({first_line(err)}); "
                         "pass the official CAT-Seg .pth file") from None
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.textutil import first_line
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -56,7 +57,7 @@ def create_clip(name: str, pretrained: str | None = None, random_init_seed: int 
         try:
             return open_clip.create_model(name, pretrained=str(path))
         except Exception as err:  # corrupt or mismatched checkpoint
-            raise OvssError(f"cannot load CLIP weights {path} into {name}: {str(err).splitlines()[0]}") from err
+            raise OvssError(f"cannot load CLIP weights {path} into {name}: {first_line(err)}") from err
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
         raise UsageError(
@@ -79,7 +80,7 @@ def create_clip(name: str, pretrained: str | None = None, random_init_seed: int 
         return open_clip.create_model(name, pretrained=pretrained)
     except Exception as err:
         raise OvssError(
-            f"downloading CLIP weights '{name}/{pretrained}' failed ({str(err).splitlines()[0]}); "
+            f"downloading CLIP weights '{name}/{pretrained}' failed ({first_line(err)}); "
             f"pass a local file instead: --pretrained /path/to/{name}.pt (in a recipe: clip.pretrained=...)"
         ) from err
 

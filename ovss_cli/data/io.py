@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ovss_cli.errors import OvssError
+from ovss_cli.textutil import first_line
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -33,7 +34,7 @@ def read_label(path: Path) -> np.ndarray:
             if label is None:
                 raise ValueError("unreadable")
     except Exception as err:
-        raise OvssError(f"cannot read label map {path} (missing or corrupt): {err}") from None
+        raise OvssError(f"cannot read label map {path} (missing or corrupt): {first_line(err)}") from None
     if label.ndim != 2:
         raise OvssError(f"label map {path} has shape {label.shape}; expected a single-channel [H, W] map of class ids")
     return label.astype(np.int64)

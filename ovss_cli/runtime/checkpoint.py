@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from ovss_cli.errors import OvssError
+from ovss_cli.textutil import first_line
 
 STEP_PATTERN = re.compile(r"^step_(\d{8})\.json$")
 BEST = "best"
@@ -66,7 +67,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     try:
         tensors = load_file(str(path))
     except Exception as err:
-        raise OvssError(f"checkpoint {path} is corrupt or truncated ({str(err).splitlines()[0]}); "
+        raise OvssError(f"checkpoint {path} is corrupt or truncated ({first_line(err)}); "
                         "delete it and resume from an earlier checkpoint") from None
     try:
         model.load_state_dict(tensors, strict=True)
@@ -100,7 +101,7 @@ def load_training_state(path: Path) -> dict:
     except FileNotFoundError:
         raise OvssError(f"training state {path} is missing; resume needs a step checkpoint (not best.*)") from None
     except Exception as err:
-        raise OvssError(f"training state {path} is corrupt or truncated ({str(err).strip().splitlines()[0]}); "
+        raise OvssError(f"training state {path} is corrupt or truncated ({first_line(err)}); "
                         "delete that checkpoint and resume from an earlier one") from None
 
 

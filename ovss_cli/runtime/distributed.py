@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.textutil import first_line
 
 # The argv of the running `ovss` invocation when given to ovss_cli.cli.main; children get the same command.
 LAUNCH_ARGV: list[str] | None = None
@@ -61,7 +62,7 @@ def relaunch_if_needed(gpus: int, nnodes: int = 1, node_rank: int = 0, master_ad
     try:
         run(parse_args([*launch, "-m", "ovss_cli", *argv]))
     except Exception as err:  # torch's ChildFailedError lists the failing ranks
-        raise OvssError(f"distributed run failed: {str(err).strip().splitlines()[0] if str(err).strip() else err}") from None
+        raise OvssError(f"distributed run failed: {first_line(err)}") from None
     return True
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.textutil import first_line
 
 FORMAT = "ovss-vpl-prototypes"
 
@@ -61,7 +62,7 @@ def load_prototypes(path: Path, clip_identity_expected: str, class_names: tuple[
         metadata = json.loads(sidecar.read_text())
         prototypes = load_file(str(path))["prototypes"]
     except Exception as err:
-        raise OvssError(f"cannot read prototypes {path}: {str(err).splitlines()[0]}") from None
+        raise OvssError(f"cannot read prototypes {path}: {first_line(err)}") from None
     if metadata.get("format") != FORMAT:
         raise UsageError(f"{sidecar} is not an ovss VPL prototype sidecar")
     if metadata.get("clip_identity") != clip_identity_expected:

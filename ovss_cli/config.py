@@ -9,12 +9,12 @@ suggestion and values of the wrong type, and turns them back into dicts for savi
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
 from ovss_cli.errors import UsageError
+from ovss_cli.textutil import did_you_mean
 
 
 def _type_name(tp: Any) -> str:
@@ -45,8 +45,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         )
     if origin is Literal:
         if value not in get_args(tp):
-            close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(value, get_args(tp))
             raise UsageError(f"{where}: {value!r} is not one of {_type_name(tp)}{hint}")
         return value
     if dataclasses.is_dataclass(tp):
@@ -97,8 +96,7 @@ def from_dict(cls: type, data: dict, where: str = "recipe") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            hint = did_you_mean(key, fields) or f"; valid keys: {', '.join(fields)}"
             raise UsageError(f"unknown key '{where}.{key}'{hint}".replace("recipe.", "", 1))
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 from ovss_cli.errors import OvssError, UsageError
-from ovss_cli.textutil import first_line
+from ovss_cli.textutil import did_you_mean, first_line
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -40,11 +40,8 @@ def create_clip(name: str, pretrained: str | None = None, random_init_seed: int 
 
     register_ovss_configs()
     if name not in open_clip.list_models():
-        import difflib
-
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UsageError(f"unknown CLIP model '{name}'{hint}; see open_clip.list_models()")
+        raise UsageError(f"unknown CLIP model '{name}'{did_you_mean(name, open_clip.list_models())}; "
+                         "see open_clip.list_models()")
     if not pretrained:
         # Seeded so that every rank (and every run) builds the same random model.
         with _quiet_root_logger(), torch.random.fork_rng(devices=[]):

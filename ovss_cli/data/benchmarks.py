@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ovss_cli.errors import UsageError
+from ovss_cli.textutil import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,7 @@ def known_benchmarks() -> list[str]:
 
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
-        close = difflib.get_close_matches(name, known_benchmarks(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, known_benchmarks())
         raise UsageError(f"unknown benchmark '{name}'{hint}; known: {', '.join(known_benchmarks())}, all")
     return BENCHMARKS[name]
 

@@ -7,6 +7,7 @@ import json
 from importlib import resources
 
 from ovss_cli.errors import UsageError
+from ovss_cli.textutil import did_you_mean
 
 VOCABULARIES = ("coco_stuff171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b", "voc21", "coco81")
 
@@ -15,11 +16,8 @@ VOCABULARIES = ("coco_stuff171", "ade150", "ade847", "pc59", "pc459", "voc20", "
 def load_vocabulary(name: str) -> tuple[str, ...]:
     """The class names of a shipped vocabulary, e.g. 'ade150'."""
     if name not in VOCABULARIES:
-        import difflib
-
-        close = difflib.get_close_matches(name, VOCABULARIES, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UsageError(f"unknown vocabulary '{name}'{hint}; known: {', '.join(VOCABULARIES)}")
+        raise UsageError(f"unknown vocabulary '{name}'{did_you_mean(name, VOCABULARIES)}; "
+                         f"known: {', '.join(VOCABULARIES)}")
     text = resources.files("ovss_cli.data").joinpath("vocab", f"{name}.json").read_text(encoding="utf-8")
     return tuple(json.loads(text))
 

@@ -8,11 +8,11 @@ server announces.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 from ovss_cli.errors import UsageError
 from ovss_cli.prepare.download import Checksum
+from ovss_cli.textutil import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,7 @@ OFFICIAL_COUNTS: dict[str, int] = {
 def get_dataset(name: str) -> DatasetSpec:
     """The spec of `name`, or a UsageError with the closest known name."""
     if name not in DATASETS:
-        close = difflib.get_close_matches(name, list(DATASETS), n=1, cutoff=0.4)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, DATASETS, cutoff=0.4)
         raise UsageError(f"unknown dataset '{name}'{hint}; known: {', '.join(DATASETS)}")
     return DATASETS[name]
 

@@ -10,7 +10,6 @@ runs the exported model (plain CLIP + decoder).
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -19,8 +18,8 @@ import torch
 from torch import nn
 
 from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.fileio import atomic_write, write_json
 from ovss_cli.loading import CLIP_FILE, DECODER_FILE, EXPORT_META, load_segmenter
-
 
 
 def merge_adapters(model: nn.Module) -> None:
@@ -34,26 +33,17 @@ def merge_adapters(model: nn.Module) -> None:
     handle.merge()
 
 
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    from ovss_cli.runtime.checkpoint import atomic_write
-
-    tensors = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-
-
 def export_open_clip(checkpoint: Path, out_dir: Path) -> list[Path]:
     """Write merged open_clip weights, the decoder weights and ovss_export.json into `out_dir`."""
-    from ovss_cli.runtime.checkpoint import read_sidecar, resolve_checkpoint, write_json
+    from ovss_cli.runtime.checkpoint import read_sidecar, resolve_checkpoint, save_tensors
 
     weights = resolve_checkpoint(Path(checkpoint))
     recipe = read_sidecar(weights)["recipe"]
     model = load_segmenter(weights, "cpu")
     merge_adapters(model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _save_safetensors(model.dense.clip.state_dict(), out_dir / CLIP_FILE)
-    _save_safetensors(model.decoder.state_dict(), out_dir / DECODER_FILE)
+    save_tensors(model.dense.clip.state_dict(), out_dir / CLIP_FILE)
+    save_tensors(model.decoder.state_dict(), out_dir / DECODER_FILE)
     # The exported model is plain CAT-Seg on plain CLIP (InfoCLIP's teacher and LPAM are training-only).
     recipe = {**recipe, "method": "catseg", "finetune": _frozen_finetune_section()}
     recipe.pop("infoclip", None)
@@ -111,8 +101,6 @@ def export_onnx(checkpoint: Path, out_file: Path, class_names: Sequence[str], ba
     reshapes); 5 suits CAT-Seg's sliding window (4 windows + 1 global view).
     """
     from ovss_cli.data.transforms import CLIP_MEAN, CLIP_STD
-    from ovss_cli.runtime.checkpoint import atomic_write, write_json
-
     import importlib.util
 
     if importlib.util.find_spec("onnx") is None:  # torch's exporter needs it
@@ -133,7 +121,6 @@ def export_onnx(checkpoint: Path, out_file: Path, class_names: Sequence[str], ba
             torch.onnx.export(graph, (example,), str(temporary), dynamo=False, opset_version=opset,
                               input_names=["images"], output_names=["scores"])
 
-    out_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out_file, write)
     meta_file = out_file.with_suffix(".json")
     write_json(meta_file, {

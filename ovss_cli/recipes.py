@@ -35,6 +35,7 @@ from ovss_cli.data.config import DataConfig
 from ovss_cli.decoder.config import DecoderConfig
 from ovss_cli.engine.config import OptimConfig, TrainConfig
 from ovss_cli.errors import UsageError
+from ovss_cli.fileio import write_text
 from ovss_cli.losses.config import LossConfig
 from ovss_cli.methods.infoclip_config import InfoClipConfig
 from ovss_cli.methods.registry import METHODS
@@ -130,6 +131,4 @@ def recipe_to_yaml(recipe: Recipe, header: str = "") -> str:
 
 def save_recipe(recipe: Recipe, path: Path | str, header: str = "") -> None:
     """Write the resolved recipe as YAML (an optional header becomes leading comment lines)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(recipe_to_yaml(recipe, header), encoding="utf-8")
+    write_text(Path(path), recipe_to_yaml(recipe, header))

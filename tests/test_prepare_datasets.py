@@ -435,7 +435,7 @@ def test_download_extract_convert_over_http(tmp_path: Path, monkeypatch):
 
 def test_interrupted_conversion_resumes_without_redoing_finished_files(tmp_path: Path, monkeypatch):
     from ovss_cli.prepare import coco_stuff
-    from ovss_cli.prepare.common import TEMP_MARK
+    from ovss_cli.fileio import TEMP_MARK
     from ovss_cli.prepare.pipeline import prepare_dataset
 
     ids = [f"{i:012d}" for i in range(1, 7)]
@@ -447,7 +447,7 @@ def test_interrupted_conversion_resumes_without_redoing_finished_files(tmp_path:
     def killed_on_fourth(source, target, lut):
         calls.append(source.stem)
         if len(calls) == 4:  # die half-way through writing the 4th file
-            target.with_name(f".{target.stem}{TEMP_MARK}999{target.suffix}").write_bytes(b"\x89PNG trunc")
+            target.with_name(f".{target.name}{TEMP_MARK}999").write_bytes(b"\x89PNG trunc")
             raise KeyboardInterrupt
         return original(source, target, lut)
 

@@ -18,7 +18,9 @@ from ovss_cli.clip.dense import resize_pos_embed
 from ovss_cli.wsss.clip_features import ClipEsBackbone, block_after_ln1
 from ovss_cli.wsss.datasets import mask_labels, open_wsss_dataset
 from ovss_cli.wsss.gradcam import gradcam_map, softmax_scores
-from ovss_cli.wsss.writer import is_finished, remove_stale_temporaries, write_label_atomic
+from ovss_cli.data.io import write_label
+from ovss_cli.fileio import TEMP_MARK, remove_temporaries, temporary_path
+from ovss_cli.wsss.writer import is_finished, label_path
 from tests.test_metrics import reference_miou
 
 runner = CliRunner()
@@ -191,7 +193,8 @@ def test_dataset_usage_errors(tmp_path, name, split, message):
 # ------------------------------------------------------------------ resumable output
 def test_atomic_write_leaves_no_partial_output(tmp_path, monkeypatch):
     label = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    path = write_label_atomic(tmp_path, "a", label)
+    path = label_path(tmp_path, "a")
+    write_label(path, label)
     assert np.array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), label) and is_finished(tmp_path, "a")
 
     def crash(source, target):
@@ -199,11 +202,11 @@ def test_atomic_write_leaves_no_partial_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        write_label_atomic(tmp_path, "b", label)
+        write_label(label_path(tmp_path, "b"), label)
     monkeypatch.undo()
     assert not is_finished(tmp_path, "b") and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
-    (tmp_path / ".c.partial-999").write_bytes(b"\x89PNG truncated")
-    assert not is_finished(tmp_path, "c") and remove_stale_temporaries(tmp_path) == 1
+    temporary_path(label_path(tmp_path, "c")).write_bytes(b"\x89PNG truncated")  # a killed run's leftover
+    assert not is_finished(tmp_path, "c") and remove_temporaries(tmp_path) == 1
 
 
 # ------------------------------------------------------------------ the commands
@@ -223,7 +226,7 @@ def test_prototypes_then_vpl_pseudolabels_resume(tmp_path, app):
 
     out = tmp_path / "pseudo"
     out.mkdir()
-    (out / ".toy_val_00000.partial-4242").write_bytes(b"garbage from a killed run")
+    (out / f".toy_val_00000.png{TEMP_MARK}4242").write_bytes(b"garbage from a killed run")
     args = ["pseudolabel", "--method", "vpl", "--prototypes", str(prototypes), "--dataset", "toy", "--split", "val",
             "--limit", "3", "--no-crf", "--out", str(out)]
     first = runner.invoke(app, args)

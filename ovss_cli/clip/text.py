@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ovss_cli.clip.prompts import build_prompts
+from ovss_cli.fileio import atomic_write
 
 
 def default_cache_dir() -> Path:
@@ -61,8 +62,6 @@ class TextEncoder:
                 path.unlink(missing_ok=True)  # a corrupt entry is recomputed
         embeddings = dense_clip.class_text_embeddings(self.tokens(class_names).to(device), len(class_names)).float()
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"embeddings": embeddings.cpu().contiguous()}, str(temporary))
-            os.replace(temporary, path)
+            tensors = {"embeddings": embeddings.cpu().contiguous()}
+            atomic_write(path, lambda temporary: save_file(tensors, str(temporary)), durable=False)
         return embeddings

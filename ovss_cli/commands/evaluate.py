@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import List, Optional
@@ -10,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from ovss_cli.commands import common
+from ovss_cli.fileio import write_json
 
 
 def evaluate(
@@ -57,8 +57,7 @@ def evaluate(
             print_table(results, datasets)
             if out is not None:
                 payload = {"checkpoint": str(checkpoint) if checkpoint else None, "mode": mode, "results": results}
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(payload, indent=2, allow_nan=True))
+                write_json(out, payload)
                 typer.echo(f"wrote {out}")
     finally:
         shutdown_distributed()

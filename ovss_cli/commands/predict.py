@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from ovss_cli.commands import common
+from ovss_cli.fileio import write_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -62,11 +62,10 @@ def predict(
     names = list(parse_class_list(classes) if classes is not None else load_vocabulary(vocab))
     images = collect_images(list(inputs))
 
-    import cv2
     import numpy as np
     import torch
 
-    from ovss_cli.data.io import read_image
+    from ovss_cli.data.io import read_image, write_png
     from ovss_cli.data.transforms import to_clip_tensor
     from ovss_cli.runtime.precision import autocast, resolve_precision
     from ovss_cli.evaluate.inference import predict_scores
@@ -89,9 +88,9 @@ def predict(
         label = scores.argmax(dim=0).cpu().numpy()
         present = [int(i) for i in np.unique(label)]
         dtype = np.uint8 if len(names) <= 256 else np.uint16
-        cv2.imwrite(str(out / f"{path.stem}_label.png"), label.astype(dtype))
-        cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(overlay(image, label, colours), cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(out / f"{path.stem}_legend.png"), cv2.cvtColor(legend(names, present, colours), cv2.COLOR_RGB2BGR))
+        write_png(out / f"{path.stem}_label.png", label.astype(dtype))
+        write_png(out / f"{path.stem}_overlay.png", overlay(image, label, colours))
+        write_png(out / f"{path.stem}_legend.png", legend(names, present, colours))
         index[path.stem] = {names[i]: float((label == i).mean()) for i in present}
-    (out / "classes.json").write_text(json.dumps({"classes": names, "area_fraction": index}, indent=2))
+    write_json(out / "classes.json", {"classes": names, "area_fraction": index})
     typer.echo(f"wrote {len(images)} predictions to {out}")

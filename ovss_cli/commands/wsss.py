@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ovss_cli.commands import common
+from ovss_cli.fileio import write_json
 
 DatasetOption = typer.Option("voc", "--dataset", help="voc, coco or toy (synthetic, no download).")
 ImageLabelsOption = typer.Option("auto", "--image-labels", help="Image-level labels from xml (VOC annotations, as CLIP-ES), mask (np.unique of the ground truth, as WeCLIP) or auto (xml on voc, mask otherwise).")
@@ -112,13 +113,9 @@ def pseudolabel(
 
 def _write_metrics(out: Path, summary) -> None:
     """`<out>/metrics.json`: this run's counts and the metrics over every image of the split so far."""
-    import json
-    import os
     from dataclasses import asdict
 
-    temporary = out / f".metrics.json.tmp{os.getpid()}"
-    temporary.write_text(json.dumps(asdict(summary), indent=2, allow_nan=True))
-    os.replace(temporary, out / "metrics.json")
+    write_json(out / "metrics.json", asdict(summary))
 
 
 def _print_summary(summary, data, out: Path) -> None:

@@ -1,12 +1,14 @@
-"""Reading images and label maps in the prepared formats, with errors that name the file."""
+"""Reading and writing images and label maps in the prepared formats, with errors that name the file."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from ovss_cli.errors import OvssError
+from ovss_cli.fileio import write_bytes
 from ovss_cli.textutil import first_line
 
 
@@ -40,9 +42,31 @@ def read_label(path: Path) -> np.ndarray:
     return label.astype(np.int64)
 
 
-def write_label_png(path: Path, label: np.ndarray) -> None:
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a uint8/uint16 [H, W] map or an RGB [H, W, 3] image."""
     import cv2
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), label.astype(np.uint8)):
-        raise OvssError(f"cannot write {path}")
+    array = np.ascontiguousarray(array)
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise OvssError(f"cannot encode a {array.dtype} array of shape {array.shape} as PNG")
+    return encoded.tobytes()
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """`encode_png(array)` written atomically to `path`."""
+    write_bytes(path, encode_png(array), durable=False)
+
+
+def write_label(path: Path, label: np.ndarray) -> None:
+    """The formats read_label reads: uint8 PNG, or uint16 TIFF for a .tif/.tiff path; written atomically."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, np.ascontiguousarray(label, dtype=np.uint16))
+        write_bytes(path, buffer.getvalue(), durable=False)
+    else:
+        write_png(path, np.asarray(label).astype(np.uint8, copy=False))

@@ -14,6 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from ovss_cli.fileio import write_json, write_text
 from ovss_cli.runtime.checkpoint import resolve_checkpoint, step_checkpoints
 
 RUNS_ROOT = Path("runs")
@@ -77,7 +78,7 @@ class RunLog:
             return
         kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
                 if _logged_step(line) <= step]
-        self.metrics_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
 
     def log(self, record: dict) -> None:
         if not self.is_main:
@@ -93,8 +94,7 @@ class RunLog:
         if not self.is_main:
             return None
         path = self.run_dir / "eval" / f"step_{step:08d}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"step": step, "results": results}, indent=2, allow_nan=True), encoding="utf-8")
+        write_json(path, {"step": step, "results": results})
         return path
 
     def close(self) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, list_files, read_indexed_png, run_jobs, write_png
+from ovss_cli.data.io import write_label
+from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, list_files, read_indexed_png, run_jobs
 from ovss_cli.prepare.context import Context
 from ovss_cli.prepare.registry import OFFICIAL_COUNTS
 
@@ -17,7 +18,7 @@ def to_train_ids(label: np.ndarray) -> np.ndarray:
 
 
 def convert_one(source: Path, target: Path) -> str:
-    write_png(target, to_train_ids(read_indexed_png(source)))
+    write_label(target, to_train_ids(read_indexed_png(source)))
     return WRITTEN
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ovss_cli.errors import OvssError
-from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, atomic_path, link_or_copy, run_jobs, write_tiff
+from ovss_cli.data.io import write_label
+from ovss_cli.fileio import atomic_path
+from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, link_or_copy, run_jobs
 from ovss_cli.prepare.context import Context
 from ovss_cli.prepare.registry import OFFICIAL_COUNTS
 
@@ -103,9 +105,9 @@ def convert_one(image_path: Path, seg_path: Path, image_out: Path, label_out: Pa
         new_height, new_width = shape
         label = cv2.resize(label, (new_width, new_height), interpolation=cv2.INTER_NEAREST)
         pixels = cv2.resize(pixels, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
-        with atomic_path(image_out) as temp:
+        with atomic_path(image_out, durable=False) as temp:
             Image.fromarray(pixels).save(temp, format="JPEG")
-    write_tiff(label_out, label)
+    write_label(label_out, label)
     return WRITTEN
 
 

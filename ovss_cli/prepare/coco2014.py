@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ovss_cli.errors import OvssError
-from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, run_jobs, write_png
+from ovss_cli.data.io import write_label
+from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, run_jobs
 from ovss_cli.prepare.context import Context
 from ovss_cli.prepare.registry import OFFICIAL_COUNTS
 
@@ -46,7 +47,7 @@ def semantic_mask(height: int, width: int, instances: list[tuple[float, int, obj
 
 
 def convert_one(target: Path, height: int, width: int, instances: list) -> str:
-    write_png(target, semantic_mask(height, width, instances))
+    write_label(target, semantic_mask(height, width, instances))
     return WRITTEN
 
 

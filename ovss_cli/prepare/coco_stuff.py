@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, list_files, read_indexed_png, run_jobs, write_png
+from ovss_cli.data.io import write_label
+from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, list_files, read_indexed_png, run_jobs
 from ovss_cli.prepare.context import Context
 from ovss_cli.prepare.registry import OFFICIAL_COUNTS
 
@@ -30,7 +31,7 @@ def train_id_lut() -> np.ndarray:
 
 
 def convert_one(source: Path, target: Path, lut: np.ndarray) -> str:
-    write_png(target, lut[read_indexed_png(source)])
+    write_label(target, lut[read_indexed_png(source)])
     return WRITTEN
 
 

@@ -1,8 +1,7 @@
-"""Shared machinery of the converters: atomic writes, hard links, a resumable worker pool, counts."""
+"""Shared machinery of the converters: hard links, a resumable worker pool, counts."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
@@ -15,8 +14,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ovss_cli.errors import OvssError
-
-TEMP_MARK = ".ovss-tmp-"
+from ovss_cli.fileio import atomic_path, remove_temporaries
 
 # What a conversion job reports back.
 WRITTEN = "written"
@@ -24,65 +22,15 @@ PRESENT = "present"  # all outputs existed already: skipped on a re-run
 EMPTY = "empty"  # deliberately no output (e.g. a VOC-20 mask with nothing but ignore)
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` (same suffix) that replaces `path` only if the block succeeds.
-
-    An interrupted run therefore never leaves a truncated file under the final name, and a
-    re-run that skips existing outputs cannot mistake a half-written file for a finished one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}{TEMP_MARK}{os.getpid()}{path.suffix}")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
-
-
-def write_png(path: Path, label: np.ndarray) -> None:
-    """Single-channel uint8 PNG, written atomically."""
-    import cv2
-
-    with atomic_path(path) as temp:
-        if not cv2.imwrite(str(temp), np.ascontiguousarray(label, dtype=np.uint8)):
-            raise OvssError(f"cannot write {path}; check free disk space and permissions")
-
-
-def write_tiff(path: Path, label: np.ndarray) -> None:
-    """Single-channel uint16 TIFF, written atomically."""
-    import tifffile
-
-    with atomic_path(path) as temp:
-        tifffile.imwrite(str(temp), np.ascontiguousarray(label, dtype=np.uint16))
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as temp:
-        temp.write_text(text, encoding="utf-8")
-
-
 def link_or_copy(source: Path, target: Path) -> None:
     """Hard-link `source` to `target` (no extra disk space); copy when linking is impossible."""
     if target.exists():
         return
-    with atomic_path(target) as temp:
+    with atomic_path(target, durable=False) as temp:
         try:
             os.link(source, temp)
         except OSError:
             shutil.copy2(source, temp)
-
-
-def sweep_temp_files(*folders: Path) -> int:
-    """Delete temporary files a killed run left behind; returns how many."""
-    removed = 0
-    for folder in folders:
-        if folder.is_dir():
-            for leftover in folder.glob(f".*{TEMP_MARK}*"):
-                leftover.unlink(missing_ok=True)
-                removed += 1
-    return removed
 
 
 def list_files(folder: Path, suffix: str) -> list[Path]:
@@ -122,7 +70,7 @@ def run_jobs(function: Callable[..., str], jobs: Sequence[Job], workers: int, de
     from ovss_cli.progress import track
 
     for folder in {path.parent for job in jobs for path in job.outputs}:
-        sweep_temp_files(folder)
+        remove_temporaries(folder)
     counts: Counter = Counter()
     pending = []
     for job in jobs:

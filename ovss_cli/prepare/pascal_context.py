@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ovss_cli.errors import OvssError
-from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, echo, run_jobs, write_png, write_text, write_tiff
+from ovss_cli.data.io import write_label
+from ovss_cli.fileio import write_text
+from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, echo, run_jobs
 from ovss_cli.prepare.context import Context
 from ovss_cli.prepare.registry import OFFICIAL_COUNTS
 
@@ -67,8 +69,8 @@ def convert_one(mat: Path, pc459_out: Path, pc59_out: Path, lut59: np.ndarray) -
     label = load_label_map(mat)
     if label.max(initial=0) >= len(lut59):
         raise OvssError(f"{mat} has class value {label.max()} beyond labels.txt")
-    write_tiff(pc459_out, np.where(label == 0, PC459_IGNORE, label - 1))
-    write_png(pc59_out, lut59[label])
+    write_label(pc459_out, np.where(label == 0, PC459_IGNORE, label - 1))
+    write_label(pc59_out, lut59[label])
     return WRITTEN
 
 

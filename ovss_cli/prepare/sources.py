@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ovss_cli.errors import OvssError
 from ovss_cli.prepare.archive import safe_extract
-from ovss_cli.prepare.common import echo, link_or_copy, write_text
+from ovss_cli.fileio import write_text
+from ovss_cli.prepare.common import echo, link_or_copy
 from ovss_cli.prepare.download import DownloadError, download
 from ovss_cli.prepare.registry import Archive, DatasetSpec
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from ovss_cli.errors import OvssError
-from ovss_cli.prepare.common import (EMPTY, WRITTEN, Job, SplitCount, list_files, read_indexed_png, run_jobs,
-                                     write_png, write_text)
+from ovss_cli.data.io import write_label
+from ovss_cli.fileio import write_text
+from ovss_cli.prepare.common import EMPTY, WRITTEN, Job, SplitCount, list_files, read_indexed_png, run_jobs
 from ovss_cli.prepare.context import Context
 from ovss_cli.prepare.registry import OFFICIAL_COUNTS
 
@@ -55,22 +56,22 @@ def load_sbd_segmentation(path: Path) -> np.ndarray:
 
 
 def convert_sbd(source: Path, target: Path) -> str:
-    write_png(target, load_sbd_segmentation(source))
+    write_label(target, load_sbd_segmentation(source))
     return WRITTEN
 
 
 def convert_voc_png(source: Path, target: Path) -> str:
-    write_png(target, read_indexed_png(source))
+    write_label(target, read_indexed_png(source))
     return WRITTEN
 
 
 def convert_val(source: Path, voc20_out: Path, voc20b_out: Path) -> str:
     label = read_indexed_png(source)
-    write_png(voc20b_out, VOC20B_LUT[label])
+    write_label(voc20b_out, VOC20B_LUT[label])
     voc20 = VOC20_LUT[label]
     if (voc20 == IGNORE).all():  # CAT-Seg leaves such images out of VOC-20
         return EMPTY
-    write_png(voc20_out, voc20)
+    write_label(voc20_out, voc20)
     return WRITTEN
 
 

@@ -13,51 +13,30 @@ torch.load(weights_only=True): nothing is ever unpickled.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ovss_cli.errors import OvssError
+from ovss_cli.fileio import atomic_write, write_json
 from ovss_cli.textutil import first_line
 
 STEP_PATTERN = re.compile(r"^step_(\d{8})\.json$")
 BEST = "best"
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some platforms cannot open directories; the rename is still atomic
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(temporary)` then fsync and rename onto `path`: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def save_weights(model: torch.nn.Module, path: Path) -> None:
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file of CPU copies of `tensors`, written atomically."""
     from safetensors.torch import save_file
 
     # clones: safetensors refuses tensors that share storage, and the file must not alias live parameters
-    tensors = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in model.state_dict().items()}
+    tensors = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in tensors.items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    save_tensors(model.state_dict(), path)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -75,10 +54,6 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         first = str(err).strip().splitlines()
         raise OvssError(f"checkpoint {path} does not fit this model ({first[-1].strip() if first else err}); "
                         "was it trained with a different recipe?") from None
-
-
-def write_json(path: Path, payload: dict) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, allow_nan=True), encoding="utf-8"))
 
 
 def read_sidecar(weights: Path) -> dict:

@@ -9,12 +9,12 @@ CLIP model and weights identity, the class names in order and the hyper-paramete
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.fileio import atomic_write, write_json
 from ovss_cli.textutil import first_line
 
 FORMAT = "ovss-vpl-prototypes"
@@ -38,16 +38,10 @@ def save_prototypes(path: Path, prototypes: torch.Tensor, text_prototypes: torch
     """Write weights and sidecar, each through a temporary file and a rename."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"prototypes": prototypes.float().cpu().contiguous(),
                "text_prototypes": text_prototypes.float().cpu().contiguous()}
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(temporary))
-    os.replace(temporary, path)
-    sidecar = sidecar_path(path)
-    temporary = sidecar.with_name(f".{sidecar.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps({"format": FORMAT, **metadata}, indent=2))
-    os.replace(temporary, sidecar)
+    atomic_write(path, lambda temporary: save_file(tensors, str(temporary)))
+    write_json(sidecar_path(path), {"format": FORMAT, **metadata})
 
 
 def load_prototypes(path: Path, clip_identity_expected: str, class_names: tuple[str, ...]) -> tuple[torch.Tensor, dict]:

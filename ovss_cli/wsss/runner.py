@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 
 from ovss_cli.runtime.distributed import barrier
 from ovss_cli.errors import UsageError
+from ovss_cli.fileio import remove_temporaries, write_json
 from ovss_cli.wsss.clip_es import ClipEsCams, ClipEsConfig
 from ovss_cli.wsss.datasets import IGNORE, WsssDataset
 
@@ -46,8 +46,6 @@ def build_cams(clip_name: str, pretrained: str | None, dataset: WsssDataset, con
 
 def prepare_output(out_dir: Path, settings: dict, is_main: bool) -> None:
     """Create `out_dir`; refuse one made with other settings; record the settings; drop stale temporaries."""
-    from ovss_cli.wsss.writer import remove_stale_temporaries
-
     settings = json.loads(json.dumps(settings))  # the form it takes on disk (tuples become lists)
     out_dir.mkdir(parents=True, exist_ok=True)
     recorded = out_dir / SETTINGS_FILE
@@ -59,21 +57,19 @@ def prepare_output(out_dir: Path, settings: dict, is_main: bool) -> None:
                              "use a new --out folder, or delete it to start over")
     if is_main:
         if not recorded.is_file():
-            temporary = recorded.with_name(f".{SETTINGS_FILE}.tmp{os.getpid()}")
-            temporary.write_text(json.dumps(settings, indent=2))
-            os.replace(temporary, recorded)
-        remove_stale_temporaries(out_dir)
+            write_json(recorded, settings)
+        remove_temporaries(out_dir)
     barrier()
 
 
 def generate_pseudolabels(dataset: WsssDataset, cams: ClipEsCams, out_dir: Path, dist, progress: bool = True
                           ) -> PseudoLabelSummary:
     """Write `<out_dir>/<id>.png` for this rank's images (finished ones skipped) and score all against ground truth."""
-    from ovss_cli.data.io import read_label
+    from ovss_cli.data.io import read_label, write_label
     from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
     from ovss_cli.progress import track
     from ovss_cli.wsss.clip_es import pseudo_label
-    from ovss_cli.wsss.writer import is_finished, label_path, write_label_atomic
+    from ovss_cli.wsss.writer import is_finished, label_path
 
     confusion = ConfusionMatrix(dataset.num_classes, device=dist.device)
     # images, written, skipped, images with ground truth, labelled gt pixels, valid gt pixels
@@ -88,7 +84,7 @@ def generate_pseudolabels(dataset: WsssDataset, cams: ClipEsCams, out_dir: Path,
             image = dataset.image(index)
             keys = dataset.image_labels(index)
             label = pseudo_label(cams(image, keys).cams, keys, image, cams.config)
-            write_label_atomic(out_dir, image_id, label)
+            write_label(label_path(out_dir, image_id), label)
             counts[1] += 1
         counts[0] += 1
         truth = dataset.ground_truth(index)

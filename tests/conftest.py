@@ -1,4 +1,17 @@
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models' ops are too small to gain from threads; one thread avoids contention stalls on small machines."""
+    import torch  # imported here: the environment above must be set before torch first loads
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

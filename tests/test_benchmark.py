@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from ovss_cli.cli import app
 from ovss_cli.commands.benchmark import time_calls
+from tests.helpers import QUICKSTART, TINY
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
-TINY = ["clip.image_size=32", "data.crop_size=32", "decoder.window_size=2", "data.batch_size=2"]
 runner = CliRunner()
 
 

@@ -8,8 +8,7 @@ from typer.testing import CliRunner
 
 from ovss_cli.cli import app
 from ovss_cli.commands import common
-from tests.helpers import PixelOracle, encode_classes_as_pixels
-from tests.test_metrics import reference_miou
+from tests.helpers import PixelOracle, encode_classes_as_pixels, reference_miou
 
 runner = CliRunner()
 

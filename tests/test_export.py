@@ -15,7 +15,7 @@ from ovss_cli.cli import app
 from ovss_cli.clip.dense import DenseCLIP
 from ovss_cli.clip.zoo import register_ovss_configs
 from ovss_cli.loading import load_segmenter
-from tests.test_train import QUICKSTART, TINY
+from tests.helpers import QUICKSTART, TINY
 
 runner = CliRunner()
 CLASSES = ["sky", "grass", "sand", "water", "brick"]

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from ovss_cli.cli import app
-from tests.test_train import QUICKSTART, TINY
+from tests.helpers import QUICKSTART, TINY
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 runner = CliRunner()

@@ -11,9 +11,8 @@ from typer.testing import CliRunner
 
 from ovss_cli.cli import app
 from ovss_cli.recipes import load_recipe
-from tests.helpers import assert_official_protocol
+from tests.helpers import RECIPES, assert_official_protocol
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 runner = CliRunner()
 
 VIT_B = ("ViT-B-16", 384, [3, 7])

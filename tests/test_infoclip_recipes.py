@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from ovss_cli.errors import UsageError
 from ovss_cli.recipes import load_recipe
+from tests.helpers import RECIPES
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @pytest.mark.parametrize("file, clip, size, guidance", [

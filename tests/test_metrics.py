@@ -6,24 +6,7 @@ import torch
 
 from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
 from ovss_cli.errors import OvssError
-
-
-def reference_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int) -> dict:
-    """Independent per-class loop: IoU over classes that have ground-truth pixels."""
-    keep = gt != ignore
-    pred, gt = pred[keep], gt[keep]
-    ious, accs, weights = [], [], []
-    for c in range(num_classes):
-        gt_c, pred_c = gt == c, pred == c
-        if gt_c.sum() == 0:
-            continue
-        inter = np.logical_and(gt_c, pred_c).sum()
-        union = np.logical_or(gt_c, pred_c).sum()
-        ious.append(inter / union)
-        accs.append(inter / gt_c.sum())
-        weights.append(gt_c.sum() / gt.size)
-    return {"mIoU": 100 * np.mean(ious), "mACC": 100 * np.mean(accs), "pACC": 100 * (pred == gt).mean(),
-            "fwIoU": 100 * np.sum(np.array(weights) * np.array(ious))}
+from tests.helpers import reference_miou
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -14,13 +14,7 @@ from ovss_cli.peft import FinetuneConfig, apply_finetune
 from ovss_cli.peft.blockdiag import cayley
 from ovss_cli.peft.hclip import HClipTransforms
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tiny model's ops are too small to gain from threads; one thread avoids contention stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))

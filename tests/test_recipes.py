@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -10,10 +9,8 @@ from typer.testing import CliRunner
 from ovss_cli.cli import app
 from ovss_cli.errors import UsageError
 from ovss_cli.recipes import Recipe, load_recipe, save_recipe
-from tests.helpers import assert_official_protocol
+from tests.helpers import QUICKSTART, RECIPES, assert_official_protocol
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-QUICKSTART = RECIPES / "quickstart.yaml"
 runner = CliRunner()
 
 

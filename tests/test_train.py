@@ -19,26 +19,12 @@ from typer.testing import CliRunner
 from ovss_cli.cli import app
 from ovss_cli.engine.trainer import Trainer
 from ovss_cli.methods.catseg import CATSegModel
+from tests.helpers import QUICKSTART, ROOT, TINY
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
-# The quickstart shrunk to a 2x2 patch grid; 6 steps of global batch 4, a checkpoint every 3.
-# zero_target weighs every pixel equally, so the mean loss of 2 ranks equals that of 1 process.
-TINY = ["clip.image_size=32", "data.crop_size=32", "decoder.window_size=2", "decoder.hidden_dim=16",
-        "decoder.text_guidance_dim=16", "decoder.appearance_guidance_dim=16", "decoder.decoder_dims=[16,16]",
-        "decoder.decoder_guidance_dims=[16,16]", "decoder.decoder_guidance_proj_dims=[8,8]", "data.batch_size=4",
-        "train.iterations=6", "train.log_every=1", "train.checkpoint_every=3", "train.eval_benches=[]",
-        "loss.ignore=zero_target", "optim.lr=1e-3", "optim.clip_lr_multiplier=1.0"]
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: intra-op threads only add contention on a 2-core machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def train(*args: str):

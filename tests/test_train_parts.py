@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,8 @@ from ovss_cli.engine.config import OptimConfig
 from ovss_cli.engine.loader import EpochSampler
 from ovss_cli.engine.trainer import lr_factor, micro_batch_size
 from ovss_cli.errors import UsageError
+from tests.helpers import QUICKSTART
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 
 
 def test_cosine_schedule_with_linear_warmup():

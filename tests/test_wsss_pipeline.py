@@ -21,7 +21,7 @@ from ovss_cli.wsss.gradcam import gradcam_map, softmax_scores
 from ovss_cli.data.io import write_label
 from ovss_cli.fileio import TEMP_MARK, remove_temporaries, temporary_path
 from ovss_cli.wsss.writer import is_finished, label_path
-from tests.test_metrics import reference_miou
+from tests.helpers import reference_miou
 
 runner = CliRunner()
 

@@ -121,3 +121,16 @@ def test_validation_never_changes_the_recipe():
     assert recipe.train.eval_benches == ["all", "toy"]  # expanded where it is used, not rewritten
     with pytest.raises(UsageError, match="unknown benchmark 'ade15'"):
         load_recipe(QUICKSTART, ["train.eval_benches=[ade15]"])
+
+
+def test_train_precision_choices_are_the_runtime_precisions():
+    import typing
+
+    from ovss_cli.engine.config import TrainConfig
+    from ovss_cli.runtime.config import PRECISIONS
+    from ovss_cli.runtime.precision import resolve_precision
+
+    assert typing.get_args(typing.get_type_hints(TrainConfig)["precision"]) == ("auto", "bf16-mixed", "fp16-mixed", "fp32")
+    assert PRECISIONS == ("bf16-mixed", "fp16-mixed", "fp32")
+    assert [resolve_precision(p, "cpu") for p in PRECISIONS] == list(PRECISIONS)
+    assert (resolve_precision("auto", "cpu"), resolve_precision("auto", "cuda:0")) == ("fp32", "bf16-mixed")

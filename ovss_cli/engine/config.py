@@ -10,6 +10,7 @@ from typing import Literal, Optional
 
 from ovss_cli.data.benchmarks import expand_benchmarks
 from ovss_cli.errors import UsageError
+from ovss_cli.runtime.config import Precision
 
 
 @dataclass
@@ -62,7 +63,7 @@ class TrainConfig:
     iterations: int = 80_000
     """Optimizer steps."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    precision: Literal["auto", "bf16-mixed", "fp16-mixed", "fp32"] = "auto"
+    precision: Literal["auto", Precision] = "auto"
     """auto = bf16-mixed on GPU, fp32 on CPU; fp16-mixed uses a gradient scaler."""
     activation_checkpointing: bool = False
     """Recompute CLIP blocks and aggregator layers in the backward pass (less memory, ~30% slower)."""

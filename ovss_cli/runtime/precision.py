@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
 
 import torch
 
-Precision = Literal["bf16-mixed", "fp16-mixed", "fp32"]
-PRECISIONS = ("bf16-mixed", "fp16-mixed", "fp32")
+from ovss_cli.errors import UsageError
+from ovss_cli.runtime.config import PRECISIONS
 
 
 def resolve_precision(precision: str | None, device: str) -> str:
@@ -16,8 +15,6 @@ def resolve_precision(precision: str | None, device: str) -> str:
     if precision in (None, "auto"):
         return "bf16-mixed" if device.startswith("cuda") else "fp32"
     if precision not in PRECISIONS:
-        from ovss_cli.errors import UsageError
-
         raise UsageError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)} or auto")
     return precision
 

@@ -15,7 +15,7 @@ from ovss_cli.decoder.class_attention import ClassAggregation, linear_attention
 from ovss_cli.decoder.config import DecoderConfig
 from ovss_cli.losses.segmentation import segmentation_bce_loss
 from ovss_cli.decoder.swin import GuidedSwinBlock, shifted_window_mask, window_partition, window_reverse
-from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.errors import UsageError
 
 EMBED, WIDTH, GRID = 32, 64, 8
 
@@ -282,9 +282,12 @@ def test_bce_loss_upsamples_logits_bilinearly_to_the_label_size():
     assert segmentation_bce_loss(logits, labels, ignore_index=7).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_bce_loss_rejects_labels_outside_the_class_list():
-    with pytest.raises(OvssError, match="outside 0..2"):
-        segmentation_bce_loss(torch.zeros(1, 3, 2, 2), torch.tensor([[[0, 1], [5, 255]]]))
+def test_bce_loss_of_a_batch_with_only_ignore_pixels_is_zero_with_a_gradient():
+    logits = torch.randn(2, 3, 2, 2, requires_grad=True)
+    loss = segmentation_bce_loss(logits, torch.full((2, 4, 4), 255), ignore_index=255, mask_ignore=True)
+    assert loss.item() == 0.0  # the clamped denominator: 0 / 1, not 0 / 0 = NaN
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 # ---- sizes and config ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from ovss_cli.data.config import DataConfig
 from ovss_cli.engine.config import OptimConfig
 from ovss_cli.engine.loader import EpochSampler
 from ovss_cli.engine.trainer import lr_factor, micro_batch_size
-from ovss_cli.errors import UsageError
+from ovss_cli.errors import OvssError, UsageError
 from tests.helpers import QUICKSTART
 
 
@@ -97,6 +97,21 @@ def test_training_samples_depend_on_seed_epoch_and_index_only():
     assert first["image"].shape == (3, 48, 48) and first["label"].shape == (48, 48)
     assert np.array_equal(first["image"], again["image"]) and np.array_equal(first["label"], again["label"])
     assert not np.array_equal(first["image"], dataset[(3, 1)]["image"])
+
+
+def test_training_labels_outside_the_class_list_are_refused_when_read(tmp_path):
+    from ovss_cli.data.io import write_label, write_png
+
+    image_dir = tmp_path / "coco-stuff/images/train2017"
+    label_dir = tmp_path / "coco-stuff/annotations_detectron2/train2017"
+    for name, label in (("good", [[0, 170], [255, 3]]), ("bad", [[0, 171], [200, 255]])):
+        write_label(label_dir / f"{name}.png", np.array(label))
+        write_png(image_dir / f"{name}.jpg", np.zeros((2, 2, 3), np.uint8))  # decoders go by content, not suffix
+    dataset = TrainSegmentationSet(DataConfig(benchmark="coco-stuff"), seed=0, root=tmp_path)
+    assert [label.name for _, label in dataset.items] == ["bad.png", "good.png"]
+    assert dataset.load(1)[1].tolist() == [[0, 170], [255, 3]]  # 171 classes: 0..170 and 255 are fine
+    with pytest.raises(OvssError, match=r"bad\.png has values \(171, 200\) outside 0\.\.170"):
+        dataset.load(0)
 
 
 def test_param_groups_scale_clip_lr_and_exempt_norms_and_embeddings():

@@ -39,6 +39,16 @@ def check_train_data(cfg) -> None:
     locate(get_benchmark(cfg.benchmark), resolve_data_root(cfg.data_root or None))
 
 
+def check_label_values(label: np.ndarray, num_classes: int, path: Path) -> None:
+    """Every value is a class id (0..num_classes-1) or IGNORE_INDEX; checked here, where the file is known,
+    so that the training step needs no host sync to check its labels."""
+    bad = ((label < 0) | (label >= num_classes)) & (label != IGNORE_INDEX)
+    if bad.any():
+        values = ", ".join(str(v) for v in np.unique(label[bad])[:5])
+        raise OvssError(f"label map {path} has values ({values}) outside 0..{num_classes - 1} other than the ignore "
+                        f"value {IGNORE_INDEX}; check that the dataset's class list matches its labels")
+
+
 class TrainSegmentationSet:
     """Augmented (image, label) samples: {'image': uint8 [3, S, S], 'label': int64 [S, S]} (S = crop_size).
 
@@ -83,6 +93,7 @@ class TrainSegmentationSet:
         image, label = read_image(image_path), read_label(label_path)
         if image.shape[:2] != label.shape:
             raise OvssError(f"{image_path} and its label {label_path} differ in size; re-run `ovss prepare`")
+        check_label_values(label, len(self.class_names), label_path)
         return image, label
 
     def __getitem__(self, key: tuple[int, int]) -> dict:

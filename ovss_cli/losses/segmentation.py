@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ovss_cli.errors import OvssError
-
 
 def segmentation_bce_loss(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, mask_ignore: bool = True
@@ -16,7 +14,9 @@ def segmentation_bce_loss(
     With one-hot targets, BCE summed over classes is sum_k softplus(x_k) - x_label, which avoids
     building the [B, T, H, W] target tensor. mask_ignore=True (ovss default): pixels labelled
     `ignore_index` are left out of the mean. False: the official behaviour, they count with an
-    all-zero target. Computed in at least fp32.
+    all-zero target. Computed in at least fp32. Labels must be class ids or `ignore_index` (the
+    training set checks them when it reads them: a check here would sync with the host every step);
+    a batch of ignore pixels only gives a zero loss.
     """
     if labels.shape[0] != logits.shape[0] or labels.dim() != 3:
         raise ValueError(f"labels must be [B, H, W] with B={logits.shape[0]}, got {tuple(labels.shape)}")
@@ -25,14 +25,9 @@ def segmentation_bce_loss(
         logits = F.interpolate(logits.to(torch.promote_types(logits.dtype, torch.float32)), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         labels = labels.long()
         valid = labels != ignore_index
-        if bool(((labels < 0) | (labels >= num_classes))[valid].any()):
-            raise OvssError(
-                f"label map has values outside 0..{num_classes - 1} other than the ignore value "
-                f"{ignore_index}; check that the dataset's class list matches its labels"
-            )
         target_logit = logits.gather(1, labels.masked_fill(~valid, 0)[:, None]).squeeze(1)
         per_pixel = F.softplus(logits).sum(dim=1) - target_logit * valid
         if mask_ignore:
             count = valid.sum() * num_classes
-            return (per_pixel * valid).sum() / count.clamp(min=1)
+            return (per_pixel * valid).sum() / count.clamp(min=1)  # clamped: all-ignore gives 0, not NaN
         return per_pixel.sum() / per_pixel.new_tensor(per_pixel.numel() * num_classes)

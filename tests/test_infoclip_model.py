@@ -18,7 +18,7 @@ from ovss_cli.methods.infoclip import InfoCLIPModel, build_infoclip, class_embed
 from ovss_cli.methods.infoclip_config import InfoClipConfig
 from ovss_cli.recipes import recipe_from_dict
 
-TINY = {
+TINY_RECIPE = {
     "method": "catseg",
     "clip": {"name": "ovss-tiny", "pretrained": "", "image_size": 64},
     "finetune": {"mode": "attention"},
@@ -32,7 +32,7 @@ TINY = {
 
 def tiny_recipe(batch_size: int = 2, **infoclip):
     """The tiny CAT-Seg recipe plus an `infoclip:` section (works with or without it in the Recipe schema)."""
-    base = recipe_from_dict({**TINY, "data": {**TINY["data"], "batch_size": batch_size}})
+    base = recipe_from_dict({**TINY_RECIPE, "data": {**TINY_RECIPE["data"], "batch_size": batch_size}})
     sections = {name: getattr(base, name) for name in base.__dataclass_fields__}
     sections["infoclip"] = from_dict(InfoClipConfig, infoclip, "infoclip")
     return SimpleNamespace(**sections)

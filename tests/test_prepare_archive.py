@@ -65,7 +65,7 @@ def test_tar_slip_is_refused_and_nothing_written(tmp_path: Path, entries):
     target = tmp_path / "area" / "out"
     with pytest.raises(UnsafeArchiveError, match="refusing to extract evil.tgz"):
         safe_extract(archive, target, progress=False)
-    assert _files_under(tmp_path / "area") == ["out"]  # not even the harmless member was written
+    assert _files_under(tmp_path / "area") == []  # not even the harmless member (nor the folder) was written
     assert not Path("/tmp/absolute-ovss-test.txt").exists()
 
 
@@ -82,9 +82,60 @@ def test_zip_slip_and_zip_symlink_are_refused(tmp_path: Path):
         info = zipfile.ZipInfo("inner/link")
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         handle.writestr(info, "../../outside")
-    with pytest.raises(UnsafeArchiveError, match="points outside"):
+    with pytest.raises(UnsafeArchiveError, match="is a link"):
         safe_extract(tmp_path / "link.zip", tmp_path / "out2", progress=False)
     assert not os.path.lexists(tmp_path / "out2" / "inner" / "link")
+
+
+def _zip_link(handle: zipfile.ZipFile, name: str, target: str) -> None:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    handle.writestr(info, target)
+
+
+def test_a_zip_link_chain_is_refused_before_anything_is_written(tmp_path: Path):
+    # each link looks harmless on its own text; together they lead out of the target
+    with zipfile.ZipFile(tmp_path / "chain.zip", "w") as handle:
+        handle.writestr("harmless.txt", "ok")
+        _zip_link(handle, "a/b", "..")
+        _zip_link(handle, "a/b/c", "..")
+        handle.writestr("a/b/c/escaped.txt", "evil")
+    area = tmp_path / "area"
+    with pytest.raises(UnsafeArchiveError, match="is a link"):
+        safe_extract(tmp_path / "chain.zip", area / "out", progress=False)
+    assert _files_under(tmp_path / "area") == []
+
+
+def test_a_tar_link_chain_is_refused_before_anything_is_written(tmp_path: Path):
+    archive = _tar(tmp_path / "chain.tgz", [("harmless.txt", b"ok"), _link("a/b", "..", tarfile.SYMTYPE),
+                                            _link("a/b/c", "..", tarfile.SYMTYPE), ("a/b/c/escaped.txt", b"evil")])
+    target = tmp_path / "area" / "out"
+    with pytest.raises(UnsafeArchiveError, match="outside the target folder"):
+        safe_extract(archive, target, progress=False)
+    assert _files_under(tmp_path / "area") == []
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+@pytest.mark.parametrize("entries", [
+    [_link("loop", "loop/x", tarfile.SYMTYPE)],  # a link through itself never ends
+    [_link("d/up", "..", tarfile.SYMTYPE), _link("out", "d/up/..", tarfile.SYMTYPE)],  # inside text, outside target
+    [_link("d/up", "..", tarfile.SYMTYPE), ("d/up/../escaped.txt", b"evil")],
+], ids=["loop", "via-link", "write-via-link"])
+def test_tar_links_are_resolved_through_each_other(tmp_path: Path, entries):
+    with pytest.raises(UnsafeArchiveError):
+        safe_extract(_tar(tmp_path / "evil.tgz", entries), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_members_expanding_past_the_bound_are_refused(tmp_path: Path):
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as handle:
+        handle.writestr("zeros.bin", bytes(2_000_000))  # deflates to about 2 kB
+    assert (tmp_path / "bomb.zip").stat().st_size < 10_000
+    with pytest.raises(UnsafeArchiveError, match="expand to"):
+        safe_extract(tmp_path / "bomb.zip", tmp_path / "out", progress=False, max_bytes=1_000_000)
+    assert not (tmp_path / "out").exists()
+    assert safe_extract(tmp_path / "bomb.zip", tmp_path / "out", progress=False, max_bytes=2_000_000) == 1
+    assert (tmp_path / "out" / "zeros.bin").stat().st_size == 2_000_000
 
 
 def test_truncated_archive_is_a_clear_error(tmp_path: Path):
@@ -93,5 +144,6 @@ def test_truncated_archive_is_a_clear_error(tmp_path: Path):
     broken.write_bytes(archive.read_bytes()[:20_000])
     from ovss_cli.errors import OvssError
 
-    with pytest.raises(OvssError, match="download it again"):
+    with pytest.raises(OvssError, match="download it again") as caught:
         safe_extract(broken, tmp_path / "out", progress=False)
+    assert "\n" not in str(caught.value)

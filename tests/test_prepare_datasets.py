@@ -382,6 +382,15 @@ def test_missing_archives_say_what_to_fetch_and_where(tmp_path: Path):
     assert "register at https://groups.csail.mit.edu/vision/datasets/ADE20K/" in result.output
 
 
+def test_an_archive_without_a_published_checksum_is_never_downloaded(tmp_path: Path):
+    # stuffthingmaps_trainval2017.zip comes over plain http with no checksum: it could be swapped in transit
+    result = run_cli("coco-stuff", "--data-root", str(tmp_path / "d"), "--download", expect=1)
+    message = result.output.strip()
+    assert message.count("\n") == 0 and "stuffthingmaps_trainval2017.zip" in message
+    assert "no checksum is published for it, so ovss never downloads it" in message and "--from" in message
+    assert not (tmp_path / "d" / "downloads").exists()  # nothing was fetched, not even the checksummed zips
+
+
 def test_download_extract_convert_over_http(tmp_path: Path, monkeypatch):
     import dataclasses
     import hashlib

@@ -2,8 +2,8 @@
 
 Checksums are the MD5s the hosts serve (the S3 ETag of the COCO zips, the values the VOC, SBD,
 ADE and PASCAL-Context archives have had since release, as used by torchvision and others).
-Where no checksum is known (`checksum=None`) a download is checked against the size the
-server announces.
+Where no checksum is published (`checksum=None`) ovss does not download the file at all: a
+download over plain http could not be told from a tampered one, so it must come by hand (--from).
 """
 
 from __future__ import annotations
@@ -15,18 +15,32 @@ from ovss_cli.prepare.download import Checksum
 from ovss_cli.textutil import did_you_mean
 
 
+UNPACK_FACTOR = 4
+UNPACK_FLOOR = 8 * 10**9
+
+
 @dataclass(frozen=True)
 class Archive:
     name: str  # file name of the official download
     urls: tuple[str, ...]  # tried in order; empty: only available by hand (registration)
-    checksum: Checksum | None
-    approx_size: str  # rough size, for the "fetch by hand" message
+    checksum: Checksum | None  # None: no published checksum, so never downloaded (only --from)
+    size: int  # bytes of the official archive, rounded up: the "fetch by hand" message and the unpack bound
     extract_to: str  # folder, relative to the data root, the archive is extracted into
     # Paths (relative to extract_to) the archive creates. When they all exist the archive is not
     # needed; an already-extracted copy of them in --from is hard-linked into place.
     contents: tuple[str, ...]
     # Paths (relative to the data root) that make the archive unnecessary when present.
     superseded_by: tuple[str, ...] = ()
+
+    @property
+    def approx_size(self) -> str:
+        return f"{self.size / 1e9:.1f} GB" if self.size >= 1e9 else f"{self.size / 1e6:.0f} MB"
+
+    @property
+    def max_unpacked(self) -> int:
+        """Bytes the archive may expand to: its contents are JPEG/PNG/MAT files that hardly compress, so
+        a few times the archive size (at least 8 GB) is never reached by the official file, only by a bomb."""
+        return max(UNPACK_FACTOR * self.size, UNPACK_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -53,13 +67,13 @@ DATASETS: dict[str, DatasetSpec] = {
             "COCO images: Flickr terms of use; COCO and COCO-Stuff annotations: CC BY 4.0",
             (
                 Archive("train2017.zip", (COCO_ZIPS + "train2017.zip",), _md5("cced6f7f71b7629ddf16f17bbcfab6b2"),
-                        "18 GB", "coco-stuff/images", ("train2017",)),
+                        19_400_000_000, "coco-stuff/images", ("train2017",)),
                 Archive("val2017.zip", (COCO_ZIPS + "val2017.zip",), _md5("442b8da7639aecaf257c1dceb8ba8c80"),
-                        "778 MB", "coco-stuff/images", ("val2017",)),
+                        816_000_000, "coco-stuff/images", ("val2017",)),
                 Archive("stuffthingmaps_trainval2017.zip",
                         ("http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/"
                          "stuffthingmaps_trainval2017.zip",),
-                        None, "659 MB", "coco-stuff/annotations", ("train2017", "val2017")),
+                        None, 691_000_000, "coco-stuff/annotations", ("train2017", "val2017")),
             ),
             "coco_stuff",
         ),
@@ -69,7 +83,7 @@ DATASETS: dict[str, DatasetSpec] = {
             (
                 Archive("ADEChallengeData2016.zip",
                         ("http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",),
-                        _md5("7328b3957e407ddae1d3cbf487f149ef"), "923 MB", ".",
+                        _md5("7328b3957e407ddae1d3cbf487f149ef"), 924_000_000, ".",
                         ("ADEChallengeData2016/images", "ADEChallengeData2016/annotations")),
             ),
             "ade20k",
@@ -80,7 +94,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "ADE20K terms of use (non-commercial research and education); download after registration",
             (
                 # Only handed out after registering at the homepage: no public URL.
-                Archive("ADE20K_2021_17_01.zip", (), None, "about 4 GB", ".",
+                Archive("ADE20K_2021_17_01.zip", (), None, 4_500_000_000, ".",
                         ("ADE20K_2021_17_01/images", "ADE20K_2021_17_01/index_ade20k.pkl")),
             ),
             "ade20k_full",
@@ -92,11 +106,11 @@ DATASETS: dict[str, DatasetSpec] = {
             (
                 Archive("VOCtrainval_03-May-2010.tar",
                         ("http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",),
-                        _md5("da459979d0c395079b5c75ee67908abb"), "1.3 GB", ".", ("VOCdevkit/VOC2010/JPEGImages",)),
+                        _md5("da459979d0c395079b5c75ee67908abb"), 1_400_000_000, ".", ("VOCdevkit/VOC2010/JPEGImages",)),
                 Archive("trainval.tar.gz",
                         ("https://www.cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz",
                          "https://roozbehm.info/pascal-context/trainval.tar.gz"),
-                        _md5("df034edb2c12aa7d33b42b20bb1796e3"), "about 30 MB", "VOCdevkit/VOC2010", ("trainval", "labels.txt")),
+                        _md5("df034edb2c12aa7d33b42b20bb1796e3"), 32_000_000, "VOCdevkit/VOC2010", ("trainval", "labels.txt")),
             ),
             "pascal_context",
         ),
@@ -107,13 +121,13 @@ DATASETS: dict[str, DatasetSpec] = {
             (
                 Archive("VOCtrainval_11-May-2012.tar",
                         ("http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",),
-                        _md5("6cd6e144f989b92b3379bac3b3de84fd"), "1.9 GB", ".",
+                        _md5("6cd6e144f989b92b3379bac3b3de84fd"), 2_000_000_000, ".",
                         ("VOCdevkit/VOC2012/JPEGImages", "VOCdevkit/VOC2012/SegmentationClass",
                          "VOCdevkit/VOC2012/ImageSets")),
                 Archive("benchmark.tgz",
                         ("http://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
                          "benchmark.tgz",),
-                        _md5("82b4d87ceb2ed10f6038a1cba92111cb"), "1.4 GB", "SBD", ("benchmark_RELEASE",),
+                        _md5("82b4d87ceb2ed10f6038a1cba92111cb"), 1_500_000_000, "SBD", ("benchmark_RELEASE",),
                         # SBD only serves to build SegmentationClassAug; an existing one (DeepLab's zip) will do.
                         superseded_by=("VOCdevkit/VOC2012/SegmentationClassAug",)),
             ),
@@ -124,12 +138,12 @@ DATASETS: dict[str, DatasetSpec] = {
             "COCO images: Flickr terms of use; COCO annotations: CC BY 4.0",
             (
                 Archive("train2014.zip", (COCO_ZIPS + "train2014.zip",), _md5("0da8c0bd3d6becc4dcb32757491aca88"),
-                        "13 GB", "coco2014/JPEGImages", ("train2014",)),
+                        13_600_000_000, "coco2014/JPEGImages", ("train2014",)),
                 Archive("val2014.zip", (COCO_ZIPS + "val2014.zip",), _md5("a3d79f5ed8d289b7a7554ce06a5782b3"),
-                        "6.2 GB", "coco2014/JPEGImages", ("val2014",)),
+                        6_700_000_000, "coco2014/JPEGImages", ("val2014",)),
                 Archive("annotations_trainval2014.zip",
                         ("http://images.cocodataset.org/annotations/annotations_trainval2014.zip",),
-                        _md5("0a379cfc70b0e71301e0f377548639bd"), "241 MB", "coco2014", ("annotations",)),
+                        _md5("0a379cfc70b0e71301e0f377548639bd"), 253_000_000, "coco2014", ("annotations",)),
             ),
             "coco2014",
         ),

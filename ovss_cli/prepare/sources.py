@@ -4,7 +4,8 @@ For each official archive of a dataset, in order of preference:
 1. its contents already sit under the data root (extracted before, by us or by hand);
 2. the archive file is in the archive folder (--from DIR, else <root>/downloads): extract it;
 3. an extracted copy of its contents is in --from: hard-link (else copy) it into place;
-4. with --download: fetch it from the official URL, verify it, extract it.
+4. with --download: fetch it from the official URL, verify its published checksum, extract it
+   (an archive without a published checksum is never downloaded: it must come by hand).
 Otherwise one error line lists what to fetch by hand and where to put it.
 """
 
@@ -41,7 +42,7 @@ def is_in_place(root: Path, archive: Archive) -> bool:
 def extract_archive(root: Path, archive: Archive, file: Path, progress: bool) -> None:
     """Extract with markers around it, so an interrupted extraction is redone, not trusted."""
     write_text(_marker(root, archive, "extracting"), str(file))
-    safe_extract(file, root / archive.extract_to, progress=progress)
+    safe_extract(file, root / archive.extract_to, progress=progress, max_bytes=archive.max_unpacked)
     write_text(_marker(root, archive, "done"), str(file))
     _marker(root, archive, "extracting").unlink()
 
@@ -66,12 +67,19 @@ def link_extracted(root: Path, archive: Archive, source: Path, progress: bool) -
     _marker(root, archive, "extracting").unlink()
 
 
+def downloadable(archive: Archive) -> bool:
+    """Only an archive with a public URL and a published checksum is downloaded (else it could be swapped)."""
+    return bool(archive.urls) and archive.checksum is not None
+
+
 def _fetch_by_hand_line(spec: DatasetSpec, missing: list[Archive], folder: Path) -> str:
     parts = []
     for archive in missing:
         where = archive.urls[0] if archive.urls else f"register at {spec.homepage}"
+        if archive.urls and archive.checksum is None:
+            where += "; no checksum is published for it, so ovss never downloads it"
         parts.append(f"{archive.name} ({archive.approx_size}, {where})")
-    direct = all(archive.urls for archive in missing)
+    direct = all(downloadable(archive) for archive in missing)
     fix = "or run again with --download" if direct else "then run again"
     return (f"missing raw files for {spec.name}: {'; '.join(parts)} - put them in {folder} "
             f"(or pass --from DIR holding them), {fix}")
@@ -98,7 +106,7 @@ def ensure_raw_files(spec: DatasetSpec, root: Path, source: Path | None, allow_d
             missing.append(archive)
     if not missing:
         return
-    if not allow_download or not all(archive.urls for archive in missing):
+    if not allow_download or not all(downloadable(archive) for archive in missing):
         raise OvssError(_fetch_by_hand_line(spec, missing, archive_folder))
     for archive in missing:
         file = _download_archive(spec, archive, archive_folder, progress)

@@ -82,3 +82,20 @@ def assert_official_protocol(recipe, clip: str, size: int, guidance: list[int]) 
     assert (optim.lr, optim.lr * optim.clip_lr_multiplier, optim.weight_decay, optim.grad_clip) == pytest.approx(
         (2e-4, 2e-6, 1e-4, 0.01))
     assert (optim.schedule, optim.warmup_iters, optim.weight_decay_norm, optim.weight_decay_embed) == ("cosine", 0, 0, 0)
+
+
+def train_quickstart(*args: str):
+    """`ovss train recipes/quickstart.yaml ARGS...` through the real CLI (Typer's CliRunner)."""
+    from typer.testing import CliRunner
+
+    from ovss_cli.cli import app
+
+    return CliRunner().invoke(app, ["train", str(QUICKSTART), *args])
+
+
+def error_line(output: str) -> str:
+    """The one `error:` line of a failed command (and no traceback)."""
+    lines = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in output, output
+    return lines[0]
+

@@ -14,21 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from ovss_cli.cli import app
 from ovss_cli.engine.trainer import Trainer
 from ovss_cli.methods.catseg import CATSegModel
-from tests.helpers import QUICKSTART, ROOT, TINY
+from tests.helpers import QUICKSTART, ROOT, TINY, error_line
+from tests.helpers import train_quickstart as train
 
-runner = CliRunner()
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-def train(*args: str):
-    return runner.invoke(app, ["train", str(QUICKSTART), *args])
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -39,11 +34,6 @@ def losses(run: Path) -> dict[int, float]:
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / f"step_{step:08d}.safetensors"))
 
-
-def error_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in output, output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -53,26 +53,47 @@ def train(
 
 
 def run_training(recipe, dist, output: Optional[Path], resume: Optional[str]):
-    from ovss_cli.engine.runs import choose_run_dir
+    from ovss_cli.engine.runs import RunLock, choose_run_dir
     from ovss_cli.engine.trainer import train as train_loop
+    from ovss_cli.errors import OvssError
     from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import save_recipe
     from ovss_cli.runtime.seeding import seed_everything
 
-    run_dir = choose_run_dir(recipe.name, output, resume) if dist.is_main else None
+    lock, failure = None, None
+    if dist.is_main:
+        run_dir = choose_run_dir(recipe.name, output, resume)
+        try:
+            lock = RunLock(run_dir).acquire()  # one writer per run folder
+        except OvssError as err:
+            failure = err
+    else:
+        run_dir = None
     if dist.distributed:  # every rank must use rank 0's folder (timestamps differ between processes)
         import torch.distributed as tdist
 
-        shared = [str(run_dir) if run_dir is not None else None]
+        shared = [str(run_dir) if run_dir is not None and failure is None else None]
         tdist.broadcast_object_list(shared, src=0)
-        run_dir = Path(shared[0])
-    if dist.is_main:
-        save_recipe(recipe, run_dir / "recipe.yaml",
-                    header=f"Resolved recipe of the run in {run_dir}.\nRun it again: ovss train {run_dir / 'recipe.yaml'}")
-        typer.echo(f"run folder: {run_dir}", err=True)
-    seed_everything(recipe.seed)  # identical initialisation on every rank
-    model = build_model(recipe)
-    result = train_loop(recipe, model, dist, run_dir, resume)
+        if shared[0] is None and failure is None:
+            raise OvssError("rank 0 could not take the run folder; see its error")
+        run_dir = Path(shared[0]) if shared[0] is not None else run_dir
+    if failure is not None:
+        raise failure
+    try:
+        if dist.is_main:
+            typer.echo(f"run folder: {run_dir}", err=True)
+
+        def write_recipe() -> None:  # called once the resume is validated, before anything else is written
+            if dist.is_main:
+                save_recipe(recipe, run_dir / "recipe.yaml", header=f"Resolved recipe of the run in {run_dir}.\n"
+                            f"Run it again: ovss train {run_dir / 'recipe.yaml'}")
+
+        seed_everything(recipe.seed)  # identical initialisation on every rank
+        model = build_model(recipe)
+        result = train_loop(recipe, model, dist, run_dir, resume, on_ready=write_recipe)
+    finally:
+        if lock is not None:
+            lock.release()
     if dist.is_main:
         typer.echo(f"trained to step {result.step}; checkpoint: {result.checkpoint}")
         if result.best_checkpoint is not None:

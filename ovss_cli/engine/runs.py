@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
+from ovss_cli.errors import OvssError
 from ovss_cli.fileio import write_json, write_text
 from ovss_cli.runtime.checkpoint import resolve_checkpoint, step_checkpoints
 
 RUNS_ROOT = Path("runs")
+LOCK_NAME = ".ovss.lock"
+LOCK_GRACE_S = 10.0  # a lock file still empty after this long was left by a writer killed while creating it
 
 
 def new_run_dir(name: str, root: Path = RUNS_ROOT) -> Path:
@@ -44,6 +49,89 @@ def choose_run_dir(name: str, output: Path | None, resume: str | None, root: Pat
             if step_checkpoints(run / "checkpoints"):
                 return run
     return new_run_dir(name, root)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """Exclusive ownership of a run folder: `<run>/.ovss.lock`, created with O_EXCL, holds "pid host".
+
+    A second writer is refused with one line; a lock whose process is gone (same host) is taken over.
+    Released on exit; a run folder this lock created and nothing else used is removed again."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self.owner = f"{os.getpid()} {socket.gethostname()}"
+        self._created_dir = False
+        self._held = False
+
+    def _stale(self) -> bool:
+        try:
+            text = self.path.read_text(encoding="utf-8").split()
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if len(text) != 2 or not text[0].isdigit():
+            return age > LOCK_GRACE_S
+        pid, host = int(text[0]), text[1]
+        return host == socket.gethostname() and not _process_alive(pid)
+
+    def _describe_owner(self) -> str:
+        try:
+            pid, host = self.path.read_text(encoding="utf-8").split()
+            return f"ovss process {pid} on {host}"
+        except (OSError, ValueError):
+            return "another ovss process"
+
+    def acquire(self) -> "RunLock":
+        self._created_dir = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._stale():
+                    self.path.unlink(missing_ok=True)
+                    continue
+                break
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(self.owner + "\n")
+            self._held = True
+            return self
+        raise OvssError(f"run folder {self.run_dir} is in use by {self._describe_owner()} (lock {self.path}); "
+                        "wait for that run to end or choose another --output")
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        try:
+            if self.path.read_text(encoding="utf-8").strip() == self.owner:
+                self.path.unlink()
+        except OSError:
+            pass
+        if self._created_dir:
+            try:
+                self.run_dir.rmdir()  # only succeeds if nothing was written: a run that failed validation
+            except OSError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _finite(value):

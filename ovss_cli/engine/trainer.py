@@ -14,6 +14,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -23,6 +24,7 @@ from ovss_cli.runtime.precision import autocast, resolve_precision
 from ovss_cli.engine.runs import RunLog, StepReporter, Throughput
 from ovss_cli.runtime.seeding import rng_state, seed_everything, set_rng_state, use_deterministic_kernels
 from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.fileio import remove_temporaries
 
 
 @dataclass
@@ -203,7 +205,26 @@ class Trainer:
         return int(state["step"])
 
     # ------------------------------------------------------------------ periodic work
+    def _state_is_finite(self) -> bool:
+        """Whether every weight and optimizer state tensor is finite: one host sync, at checkpoint time only.
+        Every rank holds the same values, so every rank reaches the same answer without communicating."""
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        tensors += [t for state in self.optimizer.state.values() for t in state.values()
+                    if torch.is_tensor(t) and t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+    def _refuse_non_finite(self, step: int) -> None:
+        if not self._state_is_finite():
+            raise self._diverged(f"the weights or optimizer state became non-finite by step {step} (not saved)")
+
+    def _diverged(self, what: str) -> OvssError:
+        # every checkpoint on record passed _refuse_non_finite, so the one named here is finite
+        last = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+        return OvssError(f"{what}; training stopped, {last}. Lower optim.lr, keep optim.grad_clip on or use "
+                         "train.precision=fp32, then continue with --resume auto")
+
     def _save(self, step: int) -> None:
+        self._refuse_non_finite(step)
         states = _gather_rng(self.dist)  # collective: every rank takes part
         if self.dist.is_main:
             training_state = {
@@ -242,6 +263,7 @@ class Trainer:
         run_log.log({"step": step, **summary})
         run_log.write_eval(step, results)
         if score > self.best_score:
+            self._refuse_non_finite(step)
             self.best_score = score
             if self.dist.is_main:
                 sidecar = checkpoint_sidecar(self.recipe, self.model, step, metrics=summary)
@@ -250,14 +272,13 @@ class Trainer:
         return results
 
     def _stop_on_non_finite(self, losses: dict[str, float], step: int) -> None:
-        if math.isfinite(losses["loss"]):
-            return
-        last = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
-        raise OvssError(f"loss became {losses['loss']} at step {step}; training stopped, {last}. Lower optim.lr, "
-                        "keep optim.grad_clip on or use train.precision=fp32, then continue with --resume auto")
+        if not math.isfinite(losses["loss"]):
+            raise self._diverged(f"loss became {losses['loss']} at step {step}")
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, resume: str | None = None) -> TrainResult:
+    def fit(self, resume: str | None = None, on_ready: Callable[[], None] | None = None) -> TrainResult:
+        """Train to `train.iterations`; `on_ready` runs once the resume point is validated and restored,
+        before this run writes anything into its folder."""
         from ovss_cli.engine.loader import iterate_forever
 
         recipe, train, optim, dist = self.recipe, self.recipe.train, self.recipe.optim, self.dist
@@ -269,6 +290,10 @@ class Trainer:
         step = self._restore(start) if start is not None else 0
         if start is None:
             seed_everything(recipe.seed + dist.rank)
+        if dist.is_main:  # the run folder is locked: temporaries there are from killed writes
+            remove_temporaries(self.run_dir, self.checkpoint_dir)
+        if on_ready is not None:
+            on_ready()
         model = self.model
         if dist.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -336,7 +361,8 @@ class Trainer:
         return reduced
 
 
-def train(recipe, model: torch.nn.Module, dist: DistInfo, run_dir: Path, resume: str | None = None) -> TrainResult:
+def train(recipe, model: torch.nn.Module, dist: DistInfo, run_dir: Path, resume: str | None = None,
+          on_ready: Callable[[], None] | None = None) -> TrainResult:
     """Train `model` as `recipe` says on this process (one rank of a torchrun job, or alone) into `run_dir`.
     Every rank must pass an identically initialised model (seed before building it)."""
-    return Trainer(recipe, model, dist, run_dir).fit(resume)
+    return Trainer(recipe, model, dist, run_dir).fit(resume, on_ready)

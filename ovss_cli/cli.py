@@ -53,7 +53,9 @@ def friendly_errors(command: Callable) -> Callable:
         except OvssError as err:
             if os.environ.get("OVSS_DEBUG") == "1":
                 raise
-            typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+            # one line, whatever the message holds: a wrapped library message must not spill over
+            message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
             raise typer.Exit(err.exit_code) from None
 
     return wrapper

@@ -9,6 +9,7 @@ suggestion and values of the wrong type, and turns them back into dicts for savi
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -66,11 +67,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string; users write it that way
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # nan or inf never makes sense in a recipe and poisons training silently
+            raise UsageError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.errors import UsageError
 from ovss_cli.fileio import atomic_write, write_json
 from ovss_cli.loading import CLIP_FILE, DECODER_FILE, EXPORT_META, load_segmenter
 

@@ -15,6 +15,9 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ovss_cli.errors import OvssError
+from ovss_cli.textutil import first_line
+
 TEMP_MARK = ".ovss-tmp-"
 
 
@@ -46,15 +49,19 @@ def atomic_path(path: Path, durable: bool = True) -> Iterator[Path]:
     (checkpoints, exports); bulk outputs that a re-run can redo (prepared labels) skip it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield temporary
         if durable:
             _fsync_file(temporary)
         os.replace(temporary, path)
+    except OSError as err:  # full disk, unwritable folder, a folder in the way: one line, nothing half-written
+        raise OvssError(f"cannot write {path} ({first_line(err)}); check that the folder is writable and the disk "
+                        "is not full") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
     if durable:
         _fsync_dir(path.parent)
 

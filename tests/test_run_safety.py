@@ -3,7 +3,6 @@ written, killed writes leave nothing behind, and no checkpoint holds non-finite 
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import socket

@@ -8,6 +8,19 @@ from typing import Optional
 import typer
 
 
+def check_out_path(out: Path, folder: bool) -> None:
+    """--out must be creatable as a folder (open_clip) or a file (onnx): one line instead of a traceback."""
+    from ovss_cli.errors import UsageError
+
+    if folder and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is an existing file; open_clip exports go into a folder, name a folder")
+    if not folder and out.is_dir():
+        raise UsageError(f"--out {out} is a folder; --format onnx writes one file, name it like {out / 'model.onnx'}")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+
+
 def export(
     checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint (.safetensors) to export."),
     format: str = typer.Option("open_clip", "--format", "-f", help="open_clip: merged CLIP weights + decoder; onnx: one graph for a fixed vocabulary."),
@@ -26,6 +39,7 @@ def export(
 
     if format not in ("open_clip", "onnx"):
         raise UsageError(f"--format must be open_clip or onnx, got '{format}'")
+    check_out_path(out, folder=format == "open_clip")
     if format == "open_clip":
         if classes is not None or vocab is not None:
             raise UsageError("--classes/--vocab only apply to --format onnx (open_clip exports keep free-text classes)")

@@ -35,6 +35,21 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return list(stems.values())
 
 
+def check_out_folder(out: Path, inputs: list[Path]) -> None:
+    """--out must not be a folder the images come from: predictions would overwrite the user's files
+    there (`x_label.png`) and be read back as inputs by the next run."""
+    from ovss_cli.errors import UsageError
+
+    target = out.resolve()
+    for path in inputs:
+        folder = path if path.is_dir() else path.parent
+        if folder.resolve() == target:
+            raise UsageError(f"--out {out} is the folder the input {path} is read from; predictions would overwrite "
+                             "files there and be read back as inputs, choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is an existing file; name a folder")
+
+
 def predict(
     inputs: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class names, comma-separated ('cat, grass, sky'); use ';' to keep synonyms ('building, edifice; sky')."),
@@ -61,6 +76,7 @@ def predict(
         raise UsageError("give exactly one of --classes 'cat, grass, sky' or --vocab ade150")
     names = list(parse_class_list(classes) if classes is not None else load_vocabulary(vocab))
     images = collect_images(list(inputs))
+    check_out_folder(out, list(inputs))
 
     import numpy as np
     import torch

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ovss_cli.data.benchmarks import TOY, get_benchmark, locate
-from ovss_cli.data.io import read_image, read_label
+from ovss_cli.data.io import read_image, read_label, read_split_ids
 from ovss_cli.data.toy import TOY_CLASSES, TOY_IGNORE, toy_length, toy_sample
 from ovss_cli.data.vocab import load_vocabulary
 from ovss_cli.errors import OvssError
@@ -45,7 +45,7 @@ class SegmentationSet:
             split_path = root / bench.split_file
             if not split_path.is_file():
                 raise OvssError(f"split list {split_path} is missing; run `ovss prepare {bench.prepare}`")
-            stems = [line.strip() for line in split_path.read_text().splitlines() if line.strip()]
+            stems = read_split_ids(split_path)
             labels = [label_dir / f"{stem}{bench.label_suffix}" for stem in stems]
         else:
             labels = sorted(label_dir.glob(f"*{bench.label_suffix}"))

@@ -13,13 +13,36 @@ from ovss_cli.textutil import first_line
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 [H, W, 3]; a missing or unreadable file raises OvssError naming it."""
-    import cv2
+    """RGB uint8 [H, W, 3], decoded in full: a missing, truncated or non-image file raises OvssError naming it.
 
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise OvssError(f"cannot read image {path} (missing or corrupt); re-extract it or remove it from the dataset")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    (cv2.imread fills the missing part of a truncated JPEG with grey and only warns.) The EXIF
+    orientation is applied, as cv2.imread does."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes every byte: a truncated file fails here
+            return np.array(ImageOps.exif_transpose(image).convert("RGB"))  # writable, as cv2 gave
+    except FileNotFoundError:
+        raise OvssError(f"image {path} is missing; re-extract it or remove it from the dataset") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise OvssError(f"cannot read image {path} ({first_line(err)}); it is truncated or not an image, "
+                        "re-extract it or remove it from the dataset") from None
+
+
+def read_split_ids(path: Path) -> list[str]:
+    """Image ids of a split list (the first word of each line). An id is a file name without folders:
+    one holding a path separator or '..' would read, or write outputs, outside the dataset's folders."""
+    ids = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        words = line.split()
+        if not words:
+            continue
+        if "/" in words[0] or "\\" in words[0] or words[0] in (".", ".."):
+            raise OvssError(f"split list {path} line {number} holds the id {words[0]!r}; ids are file names "
+                            "without folders - restore the official list (re-run `ovss prepare`)")
+        ids.append(words[0])
+    return ids
 
 
 def read_label(path: Path) -> np.ndarray:

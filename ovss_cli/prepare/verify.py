@@ -20,10 +20,8 @@ MAX_LISTED = 3
 
 
 def check_pair(label_path: Path, image_path: Path, num_classes: int, ignore: int) -> str | None:
-    """A problem with one label/image pair, or None."""
-    from PIL import Image
-
-    from ovss_cli.data.io import read_label
+    """A problem with one label/image pair, or None. The image is decoded in full (a truncated file is a problem)."""
+    from ovss_cli.data.io import read_image, read_label
 
     if not label_path.is_file():
         return f"{label_path} is missing"
@@ -37,8 +35,10 @@ def check_pair(label_path: Path, image_path: Path, num_classes: int, ignore: int
     bad = values[((values >= num_classes) & (values != ignore)) | (values < 0)]
     if bad.size:
         return f"{label_path} holds values {bad[:5].tolist()} outside 0..{num_classes - 1} and the ignore value {ignore}"
-    with Image.open(image_path) as image:
-        width, height = image.size
+    try:
+        height, width = read_image(image_path).shape[:2]
+    except OvssError as err:
+        return str(err)
     if label.shape != (height, width):
         return f"{label_path} is {label.shape[1]}x{label.shape[0]} but its image is {width}x{height}"
     return None
@@ -51,6 +51,7 @@ def _check_args(args: tuple) -> str | None:
 def verify_benchmark(name: str, root: Path, workers: int, progress: bool) -> tuple[int, list[str]]:
     """(number of pairs checked, problems) for one benchmark of ovss_cli.data.benchmarks."""
     from ovss_cli.data.benchmarks import get_benchmark
+    from ovss_cli.data.io import read_split_ids
     from ovss_cli.progress import track
 
     benchmark = get_benchmark(name)
@@ -62,7 +63,7 @@ def verify_benchmark(name: str, root: Path, workers: int, progress: bool) -> tup
         split_file = root / benchmark.split_file
         if not split_file.is_file():
             return 0, [f"{name}: split file {split_file} does not exist"]
-        stems = split_file.read_text(encoding="utf-8").split()
+        stems = read_split_ids(split_file)
     else:
         stems = [path.stem for path in list_files(label_dir, benchmark.label_suffix)]
     tasks = [(label_dir / f"{stem}{benchmark.label_suffix}", image_dir / f"{stem}{benchmark.image_suffix}",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ovss_cli.data.io import read_split_ids
 from ovss_cli.errors import OvssError
 from ovss_cli.data.io import write_label
 from ovss_cli.fileio import write_text
@@ -42,7 +43,7 @@ VOC20B_LUT = _lut(VOC20_BACKGROUND)
 def read_ids(path: Path) -> list[str]:
     if not path.is_file():
         raise OvssError(f"{path} not found; re-extract the archive that provides it")
-    return path.read_text(encoding="utf-8").split()
+    return read_split_ids(path)
 
 
 def load_sbd_segmentation(path: Path) -> np.ndarray:

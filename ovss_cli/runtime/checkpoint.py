@@ -59,11 +59,15 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 def read_sidecar(weights: Path) -> dict:
     sidecar = weights.with_suffix(".json")
     try:
-        return json.loads(sidecar.read_text(encoding="utf-8"))
+        payload = json.loads(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise OvssError(f"checkpoint sidecar {sidecar} is missing; a checkpoint needs its .safetensors and .json") from None
     except (OSError, ValueError) as err:
-        raise OvssError(f"checkpoint sidecar {sidecar} is corrupt ({err}); delete the checkpoint") from None
+        raise OvssError(f"checkpoint sidecar {sidecar} is corrupt ({first_line(err)}); delete the checkpoint") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("recipe"), dict):
+        raise OvssError(f"checkpoint sidecar {sidecar} is not an ovss sidecar (expected an object with a 'recipe'); "
+                        "delete the checkpoint or restore its .json")
+    return payload
 
 
 def save_training_state(path: Path, state: dict) -> None:

@@ -38,6 +38,17 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def failure_summary(err: BaseException) -> str:
+    """One line for a failed torchrun job: which ranks exited with which code (torch's own report is a
+    framed table of many lines), else the first line of the error."""
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict) and failures:
+        ranks = "; ".join(f"rank {rank} exited with code {getattr(failure, 'exitcode', '?')}"
+                          for rank, failure in sorted(failures.items()))
+        return f"{ranks} (that rank's own error is printed above)"
+    return first_line(err)
+
+
 def relaunch_if_needed(gpus: int, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
                        master_port: int = 29500) -> bool:
     """Run this command again under torchrun with `gpus` processes per node; True if it ran here.
@@ -62,7 +73,7 @@ def relaunch_if_needed(gpus: int, nnodes: int = 1, node_rank: int = 0, master_ad
     try:
         run(parse_args([*launch, "-m", "ovss_cli", *argv]))
     except Exception as err:  # torch's ChildFailedError lists the failing ranks
-        raise OvssError(f"distributed run failed: {first_line(err)}") from None
+        raise OvssError(f"distributed run failed: {failure_summary(err)}") from None
     return True
 
 

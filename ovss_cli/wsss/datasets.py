@@ -160,6 +160,7 @@ def _toy(split: str, source: str) -> WsssDataset:
 
 def _voc(split: str, root: Path, source: str) -> WsssDataset:
     from ovss_cli.data.benchmarks import get_benchmark, locate
+    from ovss_cli.data.io import read_split_ids
     from ovss_cli.data.vocab import load_vocabulary
     from ovss_cli.wsss.names import VOC_BACKGROUND_WORDS, VOC_PROMPT_NAMES
 
@@ -168,7 +169,7 @@ def _voc(split: str, root: Path, source: str) -> WsssDataset:
     split_file = (root / bench.split_file).parent / f"{split}.txt"
     if not split_file.is_file():
         raise OvssError(f"split list {split_file} is missing; run `ovss prepare voc --data-root {root}`")
-    ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    ids = read_split_ids(split_file)
     annotations = image_dir.parent / "Annotations"
     items = [WsssItem(i, image_dir / f"{i}.jpg", label_dir / f"{i}.png", annotations / f"{i}.xml") for i in ids]
     return WsssDataset("voc", split, load_vocabulary("voc21"), VOC_PROMPT_NAMES, VOC_BACKGROUND_WORDS, items, source)

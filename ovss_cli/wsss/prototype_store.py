@@ -57,7 +57,7 @@ def load_prototypes(path: Path, clip_identity_expected: str, class_names: tuple[
         prototypes = load_file(str(path))["prototypes"]
     except Exception as err:
         raise OvssError(f"cannot read prototypes {path}: {first_line(err)}") from None
-    if metadata.get("format") != FORMAT:
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise UsageError(f"{sidecar} is not an ovss VPL prototype sidecar")
     if metadata.get("clip_identity") != clip_identity_expected:
         raise UsageError(f"prototypes {path} were learnt with CLIP '{metadata.get('clip_identity')}', not "

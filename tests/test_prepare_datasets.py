@@ -169,17 +169,21 @@ def ade_seg_png(values: np.ndarray) -> bytes:
 
 def test_ade20k_full(tmp_path: Path):
     vocabulary = json.loads((VOCAB / "ade847.json").read_text())
-    first = ["flibbet", "sky", "wall", "building, edifice", vocabulary[11]]
-    objectnames = first + [name for name in reversed(vocabulary) if name not in first]  # the index holds all 847
+    ids = json.loads((VOCAB / "ade847_ids.json").read_text())
+    assert (ids[0], ids[1], ids[2], ids[11]) == (2978, 312, 2420, 1831)  # wall, building, sky, person
+    objectnames = [f"filler {i}" for i in range(max(ids))]
+    for value, name in zip(ids, vocabulary):
+        objectnames[value - 1] = name  # class value v names objectnames[v - 1]
+    objectnames[0], objectnames[4] = "flibbet", "wall"  # "wall" also at value 5: a name never picks the id
     index = {
         "filename": ["ADE_val_00000001.jpg", "ADE_val_00000002.jpg", "ADE_train_00000001.jpg"],
         "folder": ["ADE20K_2021_17_01/images/ADE/validation/abbey"] * 2 + ["ADE20K_2021_17_01/images/ADE/training/abbey"],
         "objectnames": objectnames,
         "objectPresence": np.zeros((len(objectnames), 3), dtype=np.int64),
     }
-    small = np.array([[3, 4, 2], [1, 0, 5], [5000, 3, 3]])  # value v names objectnames[v - 1]
+    small = np.array([[2978, 312, 2420], [5, 0, 1831], [5000, 2978, 2978]])
     big = np.zeros((600, 700), dtype=np.int64)
-    big[:, :350], big[:, 350:] = 3, 2  # wall | sky
+    big[:, :350], big[:, 350:] = 2978, 2420  # wall | sky
     prefix = "ADE20K_2021_17_01/images/ADE/"
     members = {
         "ADE20K_2021_17_01/index_ade20k.pkl": pickle.dumps(index),
@@ -196,7 +200,8 @@ def test_ade20k_full(tmp_path: Path):
     base = root / "ADE20K_2021_17_01"
     label = tifffile.imread(base / "annotations_detectron2/validation/ADE_val_00000001.tif")
     assert label.dtype == np.uint16
-    # wall -> 0, building -> 1, sky -> 2, person (index 11) -> 11; flibbet, 0 and 5000 (beyond the index) -> 65535.
+    # wall -> 0, building -> 1, sky -> 2, person -> 11 by their official ids; the second "wall" (5), 0 and
+    # 5000 (beyond the index) -> 65535.
     np.testing.assert_array_equal(label, [[0, 1, 2], [65535, 65535, 11], [65535, 0, 0]])
     resized = tifffile.imread(base / "annotations_detectron2/validation/ADE_val_00000002.tif")
     assert resized.shape == (512, 597)  # shorter side 600 -> 512, 700 * 512 / 600 = 597.3
@@ -207,6 +212,18 @@ def test_ade20k_full(tmp_path: Path):
     assert small_image.stat().st_ino == (base / "images/ADE/validation/abbey/ADE_val_00000001.jpg").stat().st_ino
     assert not (base / "annotations_detectron2/validation/ADE_train_00000001.tif").exists()
     run_cli("ade20k-full", "--data-root", str(root), "--verify", "--no-count-check")
+
+
+def test_ade847_names_only_check_the_ids(capsys):
+    from ovss_cli.prepare.ade20k_full import IGNORE, class_value_lut
+
+    vocabulary = ["wall", "sky"]
+    lut = class_value_lut([3, 1], ["sky", "x", "wall"], vocabulary)
+    assert lut.tolist() == [IGNORE, 1, IGNORE, 0]
+    assert capsys.readouterr().err == ""
+    lut = class_value_lut([3, 1], ["wall", "x", "sky"], vocabulary)  # another release: same ids, a warning
+    assert lut.tolist() == [IGNORE, 1, IGNORE, 0]
+    assert "names 2 of the 2 class values differently" in capsys.readouterr().err
 
 
 def test_ade_index_with_code_is_refused(tmp_path: Path):

@@ -1,14 +1,17 @@
 """ADE20K full (ADE20K_2021_17_01) -> the 847-class benchmark, as CAT-Seg prepares it.
 
-Each validation image has `<name>_seg.png` whose class map is R / 10 * 256 + G; a class value v
-names `objectnames[v - 1]` of `index_ade20k.pkl`. Values whose name is one of the 847 names of
-ovss' ade847 vocabulary get that name's position as train id, all others the ignore value 65535.
+Each validation image has `<name>_seg.png` whose class map is R / 10 * 256 + G. The 847 classes
+are fixed class values (`vocab/ade847_ids.json`: train id i <- class value ids[i], the ids of the
+official conversion); every other value becomes the ignore value 65535. A class value v names
+`objectnames[v - 1]` of `index_ade20k.pkl`: the names only check that the index is the expected
+release (a name can repeat in the index, so a name never picks the id).
 Images whose shorter side exceeds 512 are resized to 512 (bilinear image, nearest labels);
 labels are written as uint16 TIFF.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import numpy as np
 from ovss_cli.errors import OvssError
 from ovss_cli.data.io import write_label
 from ovss_cli.fileio import atomic_path
-from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, link_or_copy, run_jobs
+from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, echo, link_or_copy, run_jobs
 from ovss_cli.prepare.context import Context
 from ovss_cli.prepare.registry import OFFICIAL_COUNTS
 
@@ -55,18 +58,30 @@ def load_index(path: Path) -> dict:
     return index
 
 
-def class_value_lut(objectnames: list[str], vocabulary: list[str]) -> np.ndarray:
-    """Lookup from class value (objectnames position + 1) to train id, 65535 where unused."""
-    lut = np.full(len(objectnames) + 1, IGNORE, dtype=np.uint16)
-    position = {}
-    for index, name in enumerate(objectnames):
-        position.setdefault(str(name).strip(), index)  # the first entry of a repeated name, as a name->id table has
-    missing = [name for name in vocabulary if name not in position]
-    if missing:
-        raise OvssError(f"{len(missing)} of the 847 class names (e.g. '{missing[0]}') are not in index_ade20k.pkl; "
-                        "the index is not the ADE20K_2021_17_01 release")
-    for train_id, name in enumerate(vocabulary):
-        lut[position[name] + 1] = train_id
+def official_class_values() -> list[int]:
+    """The class value of each of the 847 train ids, as the official conversion fixes them."""
+    from importlib import resources
+
+    return json.loads(resources.files("ovss_cli.data").joinpath("vocab", "ade847_ids.json").read_text("utf-8"))
+
+
+def class_value_lut(class_values: list[int], objectnames: list[str], vocabulary: list[str]) -> np.ndarray:
+    """Lookup from class value to train id (65535 where unused), by the fixed ids; warns when the index
+    names an id differently from the vocabulary (another release of the index)."""
+    if len(class_values) != len(vocabulary) or len(set(class_values)) != len(class_values):
+        raise OvssError(f"ade847_ids.json holds {len(class_values)} ids for {len(vocabulary)} classes; "
+                        "reinstall ovss")
+    lut = np.full(max(max(class_values), len(objectnames)) + 1, IGNORE, dtype=np.uint16)
+    for train_id, value in enumerate(class_values):
+        lut[value] = train_id
+    differ = [(value, name) for value, name in zip(class_values, vocabulary)
+              if value > len(objectnames) or str(objectnames[value - 1]).strip() != name]
+    if differ:
+        value, name = differ[0]
+        found = str(objectnames[value - 1]).strip() if value <= len(objectnames) else "nothing"
+        echo(f"warning: index_ade20k.pkl names {len(differ)} of the {len(vocabulary)} class values differently "
+             f"from the official list (e.g. {value}: '{found}', expected '{name}'); is it the ADE20K_2021_17_01 "
+             "index? Labels follow the official ids")
     return lut
 
 
@@ -124,7 +139,7 @@ def convert(context: Context) -> list[SplitCount]:
 
     base = context.root / FOLDER
     index = load_index(base / "index_ade20k.pkl")
-    lut = class_value_lut(list(index["objectnames"]), list(load_vocabulary("ade847")))
+    lut = class_value_lut(official_class_values(), list(index["objectnames"]), list(load_vocabulary("ade847")))
     image_dir = base / "images_detectron2" / "validation"
     label_dir = base / "annotations_detectron2" / "validation"
     jobs = []

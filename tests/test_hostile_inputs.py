@@ -252,3 +252,46 @@ def test_bad_input_is_one_line_and_writes_nothing_outside(case: Case, tmp_path: 
     assert outside == [], outside
     assert not (tmp_path / "escaped.txt").exists() and not (area / "escaped.txt").exists()
     assert not (area / "cwd" / "pwned").exists()
+
+
+def test_a_failed_torchrun_job_is_summarised_per_rank():
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from ovss_cli.runtime.distributed import failure_summary
+
+    error = ChildFailedError("ovss_cli", {1: ProcessFailure(local_rank=1, pid=123, exitcode=3, error_file="")})
+    assert str(error).count("\n") > 5  # torch's own report: a framed table
+    assert failure_summary(error) == "rank 1 exited with code 3 (that rank's own error is printed above)"
+    assert failure_summary(RuntimeError("\n\nfirst\nsecond")) == "first"
+
+
+def test_any_error_message_is_printed_on_one_line():
+    import typer
+
+    from ovss_cli.cli import friendly_errors
+    from ovss_cli.errors import OvssError
+
+    def fails() -> None:
+        raise OvssError("outer problem (inner library says:\n  line two\n  line three)")
+
+    small = typer.Typer()
+    small.callback()(lambda: None)
+    small.command("fails")(friendly_errors(fails))
+    result = runner.invoke(small, ["fails"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: outer problem (inner library says: line two line three)"
+
+
+def test_images_keep_their_pixels_and_exif_orientation(tmp_path: Path):
+    from PIL import Image
+
+    from ovss_cli.data.io import read_image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (12, 20, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    expected = cv2.cvtColor(cv2.imread(str(tmp_path / "rotated.jpg"), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    decoded = read_image(tmp_path / "rotated.jpg")
+    assert decoded.shape == (20, 12, 3) and np.array_equal(decoded, expected)  # the same pixels cv2 gave
+    decoded[0, 0] = 0  # callers may write into it

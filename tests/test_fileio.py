@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ovss_cli import fileio
+from ovss_cli.errors import OvssError
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -19,7 +20,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         temporary.write_text("half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(OvssError, match=r"cannot write .*w\.json \(disk full\); check that the folder is writable"):
         fileio.atomic_write(target, broken)
     assert json.loads(target.read_text()) == {"step": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json"]
@@ -30,7 +31,7 @@ def test_a_failed_rename_leaves_no_temporary(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(OvssError, match="cannot write .*a.png"):
         fileio.write_bytes(tmp_path / "a.png", b"\x89PNG", durable=False)
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []

@@ -11,15 +11,16 @@ import typer
 from typer.testing import CliRunner
 
 from ovss_cli.cli import friendly_errors
+from ovss_cli.clip.dense import resize_pos_embed
 from ovss_cli.clip.zoo import create_clip
 from ovss_cli.commands import wsss as wsss_commands
+from ovss_cli.data.io import write_label
+from ovss_cli.errors import OvssError
+from ovss_cli.fileio import TEMP_MARK, remove_temporaries, temporary_path
 from ovss_cli.wsss.clip_es import ClipEsCams, ClipEsConfig, encode_prompts, pseudo_label
-from ovss_cli.clip.dense import resize_pos_embed
 from ovss_cli.wsss.clip_features import ClipEsBackbone, block_after_ln1
 from ovss_cli.wsss.datasets import mask_labels, open_wsss_dataset
 from ovss_cli.wsss.gradcam import gradcam_map, softmax_scores
-from ovss_cli.data.io import write_label
-from ovss_cli.fileio import TEMP_MARK, remove_temporaries, temporary_path
 from ovss_cli.wsss.writer import is_finished, label_path
 from tests.helpers import reference_miou
 
@@ -201,7 +202,7 @@ def test_atomic_write_leaves_no_partial_output(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(OvssError, match="cannot write .*b.png"):
         write_label(label_path(tmp_path, "b"), label)
     monkeypatch.undo()
     assert not is_finished(tmp_path, "b") and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

@@ -2,7 +2,8 @@
 
 `open_clip` format: every weight-transform adapter (H-CLIP, LoRA, OFT, SSF, q/v tuning) is folded
 into the CLIP weights, so `open_clip.create_model(name, pretrained=<dir>/open_clip_model.safetensors,
-force_image_size=<size>)` loads the fine-tuned CLIP with no ovss code and no inference overhead.
+force_image_size=<size>[, force_quick_gelu=True])` loads the fine-tuned CLIP with no ovss code and no
+inference overhead (ovss_export.json records the activation and the pixel normalisation).
 The decoder weights and the recipe travel beside it; `ovss evaluate/predict --checkpoint <dir>`
 runs the exported model (plain CLIP + decoder).
 """
@@ -35,6 +36,7 @@ def merge_adapters(model: nn.Module) -> None:
 
 def export_open_clip(checkpoint: Path, out_dir: Path) -> list[Path]:
     """Write merged open_clip weights, the decoder weights and ovss_export.json into `out_dir`."""
+    from ovss_cli.clip.config import pinned_clip_section
     from ovss_cli.runtime.checkpoint import read_sidecar, resolve_checkpoint, save_tensors
 
     weights = resolve_checkpoint(Path(checkpoint))
@@ -47,17 +49,20 @@ def export_open_clip(checkpoint: Path, out_dir: Path) -> list[Path]:
     # The exported model is plain CAT-Seg on plain CLIP (InfoCLIP's teacher and LPAM are training-only).
     recipe = {**recipe, "method": "catseg", "finetune": _frozen_finetune_section()}
     recipe.pop("infoclip", None)
-    clip = recipe["clip"]
+    recipe["clip"] = clip = pinned_clip_section(recipe["clip"], model.dense)
+    quick_gelu = ", force_quick_gelu=True" if clip["quick_gelu"] else ""
     meta = {
         "format": "open_clip",
         "source_checkpoint": str(weights),
         "clip_name": clip["name"],
         "image_size": clip["image_size"],
+        "quick_gelu": clip["quick_gelu"],
+        "normalization": model.dense.norm.to_dict(),
         "templates": clip["templates"],
         "train_classes": list(model.train_classes),
         "recipe": recipe,
         "load_with_open_clip": f"open_clip.create_model({clip['name']!r}, pretrained='{CLIP_FILE}', "
-                               f"force_image_size={clip['image_size']})",
+                               f"force_image_size={clip['image_size']}{quick_gelu})",
     }
     write_json(out_dir / EXPORT_META, meta)
     return [out_dir / CLIP_FILE, out_dir / DECODER_FILE, out_dir / EXPORT_META]
@@ -100,7 +105,6 @@ def export_onnx(checkpoint: Path, out_file: Path, class_names: Sequence[str], ba
     The batch size is part of the graph (the decoder folds batch and classes together in its
     reshapes); 5 suits CAT-Seg's sliding window (4 windows + 1 global view).
     """
-    from ovss_cli.data.transforms import CLIP_MEAN, CLIP_STD
     import importlib.util
 
     if importlib.util.find_spec("onnx") is None:  # torch's exporter needs it
@@ -127,6 +131,6 @@ def export_onnx(checkpoint: Path, out_file: Path, class_names: Sequence[str], ba
         "format": "onnx", "classes": list(class_names), "window": model.window, "batch": batch,
         "input": "images: float32 [batch, 3, window, window], RGB in 0..255 normalised as (x - mean*255) / (std*255)",
         "output": "scores: float32 [batch, classes, window, window], class probabilities",
-        "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+        **model.image_norm.to_dict(), "clip_quick_gelu": model.dense.quick_gelu,
     })
     return [out_file, meta_file]

@@ -1,6 +1,7 @@
 """The one place trained models are loaded from disk: checkpoints, run folders and export folders.
 
-A checkpoint's model is rebuilt from the recipe stored in its sidecar with random CLIP
+A checkpoint's model is rebuilt from the recipe stored in its sidecar (with the CLIP activation
+and pixel statistics it was trained with; older sidecars: the model config's and OpenAI's) with random CLIP
 weights, then every weight (CLIP, adapters, decoder) is loaded from the file, so no
 pretrained download is needed. An `ovss export --format open_clip` folder holds plain CLIP
 weights + the decoder, read back the same way.
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ovss_cli.clip.config import check_checkpoint_clip, legacy_clip_section
 from ovss_cli.errors import OvssError, UsageError
 from ovss_cli.methods.registry import build_model
 from ovss_cli.recipes import recipe_from_dict
@@ -39,11 +41,13 @@ def load_segmenter(path: Path | str, device: str = "cpu") -> torch.nn.Module:
     weights = resolve_checkpoint(path)
     sidecar = read_sidecar(weights)
     try:
-        recipe = recipe_from_dict(sidecar["recipe"], "checkpoint recipe", drop_unused_sections=True)
-    except (KeyError, UsageError) as err:
+        stored = {**sidecar["recipe"], "clip": legacy_clip_section(sidecar["recipe"]["clip"])}
+        recipe = recipe_from_dict(stored, "checkpoint recipe", drop_unused_sections=True)
+    except (KeyError, TypeError, UsageError) as err:
         raise OvssError(f"checkpoint {weights} has an unusable recipe in its sidecar ({err}); "
                         "was it written by another ovss version?") from None
     model = build_model(recipe, pretrained=False)
+    check_checkpoint_clip(model.dense, sidecar, str(weights))
     load_weights(model, weights)
     return model.to(device).eval()
 
@@ -52,7 +56,8 @@ def load_exported(path: Path, device: str = "cpu") -> torch.nn.Module:
     """The segmenter of an `open_clip` export folder: plain CLIP weights + decoder, in eval mode."""
     try:
         meta = json.loads((path / EXPORT_META).read_text(encoding="utf-8"))
-        recipe = recipe_from_dict(meta["recipe"], "export recipe", drop_unused_sections=True)
+        stored = {**meta["recipe"], "clip": legacy_clip_section(meta["recipe"]["clip"])}
+        recipe = recipe_from_dict(stored, "export recipe", drop_unused_sections=True)
     except (ValueError, KeyError, TypeError, UsageError) as err:
         raise OvssError(f"{path / EXPORT_META} is unreadable ({err}); export the checkpoint again") from None
     model = build_model(recipe, pretrained=False)

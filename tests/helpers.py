@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovss_cli.data.transforms import CLIP_MEAN, CLIP_STD
+from ovss_cli.data.transforms import OPENAI_NORM
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -53,6 +53,8 @@ def encode_classes_as_pixels(prediction: np.ndarray) -> np.ndarray:
 class PixelOracle:
     """A per-pixel 'model': reads the class id spelled by each pixel and scores it 1, all others 0."""
 
+    image_norm = OPENAI_NORM
+
     def __init__(self, window: int):
         self.window = window
         self.num_classes = 0
@@ -61,8 +63,8 @@ class PixelOracle:
         self.num_classes = len(class_names)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255
-        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255
+        mean = torch.tensor(self.image_norm.mean).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.image_norm.std).view(1, 3, 1, 1) * 255
         pixels = (images * std + mean).round().long()
         ids = (pixels[:, 0] + 256 * pixels[:, 1]).clamp(0, self.num_classes - 1)
         return torch.nn.functional.one_hot(ids, self.num_classes).permute(0, 3, 1, 2).float()

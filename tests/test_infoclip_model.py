@@ -12,7 +12,6 @@ from ovss_cli.config import from_dict
 from ovss_cli.engine.config import OptimConfig
 from ovss_cli.errors import OvssError, UsageError
 from ovss_cli.losses.matrix_entropy import gram, mi_distillation_loss
-from ovss_cli.data.transforms import normalize
 from ovss_cli.methods.catseg import CATSegModel, build_catseg
 from ovss_cli.methods.infoclip import InfoCLIPModel, build_infoclip, class_embeddings, patch_embeddings
 from ovss_cli.methods.infoclip_config import InfoClipConfig
@@ -77,9 +76,9 @@ def test_student_and_teacher_see_the_same_crop_through_the_same_encoder():
     # before any update the fine-tuned CLIP equals the pretrained one: R^S = R^T, so L_d = -I(R^T; R^T)
     model = build().train()
     batch = tiny_batch()
-    patches, text = model.teacher_features(normalize(batch["image"].float()))
+    patches, text = model.teacher_features(model.image_norm.normalize(batch["image"].float()))
     with model.finetune.scope():
-        student = model.dense.encode_image_dense(model._clip_input(normalize(batch["image"].float()))).tokens
+        student = model.dense.encode_image_dense(model._clip_input(model.image_norm.normalize(batch["image"].float()))).tokens
         student_text = model._training_text()
     torch.testing.assert_close(patch_embeddings(student), patches)
     torch.testing.assert_close(class_embeddings(student_text), text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, Union
 
 from ovss_cli.errors import UsageError
 
@@ -12,7 +13,15 @@ class ClipConfig:
     name: str = "ViT-B-16"
     """open_clip model name (`ovss-tiny` is ovss's random tiny CLIP for tests and the quickstart)."""
     pretrained: str = "openai"
-    """open_clip pretrained tag, a local .pt/.safetensors file, or '' for random initialisation."""
+    """open_clip pretrained tag, a local file (OpenAI TorchScript .pt, .safetensors, state-dict .bin/.pt) or hub folder, or '' for random initialisation."""
+    quick_gelu: Union[Literal["auto"], bool] = "auto"
+    """MLP activation: auto = the one the weights were trained with (tag config, TorchScript archive, hub config), else the model config's; true = QuickGELU, false = GELU."""
+    image_mean: list[float] | None = None
+    """Pixel mean (0..1, RGB) CLIP sees; null = the weights' pretrained config (OpenAI's when it records none)."""
+    image_std: list[float] | None = None
+    """Pixel std (0..1, RGB); null = the weights' pretrained config."""
+    image_interpolation: str | None = None
+    """Interpolation of resizes made only to feed CLIP (CLIP-ES); null = the weights' pretrained config."""
     image_size: int = 384
     """Input resolution of the CLIP image encoder (384 for ViT-B/16, 336 for ViT-L/14: a 24x24 grid)."""
     templates: str | list[str] = "single"
@@ -21,24 +30,72 @@ class ClipConfig:
     def validate(self) -> None:
         if self.image_size <= 0:
             raise UsageError(f"clip.image_size must be positive, got {self.image_size}")
+        from ovss_cli.data.transforms import INTERPOLATIONS
+
+        for key in ("image_mean", "image_std"):
+            value = getattr(self, key)
+            if value is not None and (len(value) != 3 or (key == "image_std" and min(value) <= 0)):
+                raise UsageError(f"clip.{key} needs 3 values (RGB, 0..1 units{', positive' if key == 'image_std' else ''}), got {value}")
+        if self.image_interpolation is not None and self.image_interpolation not in INTERPOLATIONS:
+            raise UsageError(f"clip.image_interpolation must be one of {', '.join(INTERPOLATIONS)} or null, "
+                             f"got '{self.image_interpolation}'")
         from ovss_cli.clip.prompts import resolve_templates
 
         resolve_templates(self.templates)
 
 
-def build_dense_clip(cfg: ClipConfig):
-    """DenseCLIP + TextEncoder for a `clip:` section (weights loaded, positional embeddings resized)."""
+def build_dense_clip(cfg: ClipConfig, load_weights: bool = True):
+    """DenseCLIP + TextEncoder for a `clip:` section (weights loaded, positional embeddings resized).
+
+    load_weights=False builds the network the weights would make (activation, normalisation) with
+    random weights, for a checkpoint to fill.
+    """
     from ovss_cli.clip.dense import DenseCLIP
     from ovss_cli.clip.prompts import resolve_templates
     from ovss_cli.clip.text import TextEncoder, weights_identity
-    from ovss_cli.clip.zoo import create_clip
+    from ovss_cli.clip.weights import is_local_weights
+    from ovss_cli.clip.zoo import activation_name, create_clip
 
-    model = create_clip(cfg.name, cfg.pretrained or None)
+    norm = {"mean": cfg.image_mean, "std": cfg.image_std, "interpolation": cfg.image_interpolation}
+    model = create_clip(cfg.name, cfg.pretrained or None, quick_gelu=cfg.quick_gelu, norm=norm,
+                        load_weights=load_weights)
     dense = DenseCLIP(model, cfg.image_size)
-    if not cfg.pretrained:
+    if not cfg.pretrained or not load_weights:
         model_id = None  # random weights: nothing to cache
-    elif "/" in cfg.pretrained or cfg.pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+    elif is_local_weights(cfg.pretrained):
         model_id = f"{cfg.name}|{weights_identity(cfg.pretrained)}"
     else:
         model_id = f"{cfg.name}|{cfg.pretrained}"
+    if model_id is not None:  # the same weights give other text embeddings under the other activation
+        model_id += f"|{activation_name(dense.quick_gelu)}"
     return dense, TextEncoder(cfg.name, resolve_templates(cfg.templates), model_id=model_id)
+
+
+def pinned_clip_section(section: dict, dense) -> dict:
+    """A `clip:` recipe section with the activation and normalisation `dense` was built with, so that
+    rebuilding it without weights (checkpoints, exports) gives the same network wherever it runs."""
+    norm = dense.norm
+    return {**section, "quick_gelu": dense.quick_gelu, "image_mean": list(norm.mean), "image_std": list(norm.std),
+            "image_interpolation": norm.interpolation}
+
+
+def legacy_clip_section(section: dict) -> dict:
+    """A stored `clip:` section from before ovss recorded activation and normalisation: such checkpoints
+    were trained with the model config's activation and OpenAI's statistics."""
+    from ovss_cli.clip.zoo import model_quick_gelu
+    from ovss_cli.data.transforms import OPENAI_NORM
+
+    if "quick_gelu" in section:
+        return section
+    legacy = {**section, "quick_gelu": model_quick_gelu(section.get("name", ClipConfig.name))}
+    legacy.update({"image_mean": list(OPENAI_NORM.mean), "image_std": list(OPENAI_NORM.std),
+                   "image_interpolation": OPENAI_NORM.interpolation})
+    return legacy
+
+
+def check_checkpoint_clip(dense, sidecar: dict, source: str) -> None:
+    """Refuse a checkpoint whose CLIP ran another activation than the model it is loaded into."""
+    from ovss_cli.clip.zoo import check_activation
+
+    section = legacy_clip_section((sidecar.get("recipe") or {}).get("clip") or {})
+    check_activation(dense.clip, section["quick_gelu"], f"checkpoint {source}")

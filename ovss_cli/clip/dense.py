@@ -39,6 +39,7 @@ class DenseCLIP(nn.Module):
 
     `image_size` is the training/inference resolution: the positional embeddings are resized
     to its patch grid once here (as CAT-Seg does); other sizes are resized on the fly.
+    `norm` is how images must be normalised for these weights (from the model's preprocess config).
     """
 
     def __init__(self, clip_model: nn.Module, image_size: int):
@@ -46,7 +47,10 @@ class DenseCLIP(nn.Module):
         visual = clip_model.visual
         if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
             raise TypeError("DenseCLIP needs an open_clip ViT CLIP (a `visual.transformer` with `conv1`)")
+        from ovss_cli.clip.zoo import image_norm
+
         self.clip = clip_model
+        self.norm = image_norm(clip_model)
         self.patch_size = int(visual.conv1.kernel_size[0])
         self.image_size = int(image_size)
         old_grid = tuple(int(g) for g in visual.grid_size)
@@ -57,6 +61,12 @@ class DenseCLIP(nn.Module):
         visual.grid_size = grid
         visual.image_size = (self.image_size, self.image_size)
         self.grid = grid
+
+    @property
+    def quick_gelu(self) -> bool:
+        from ovss_cli.clip.zoo import uses_quick_gelu
+
+        return uses_quick_gelu(self.clip)
 
     @property
     def embed_dim(self) -> int:

@@ -23,7 +23,11 @@ def default_cache_dir() -> Path:
 
 
 def weights_identity(path: str | Path) -> str:
-    """A cheap identity for a weights file: its resolved path, size and modification time."""
+    """A cheap identity for a weights file (or a hub folder's weights): its resolved path, size and modification time."""
+    if Path(path).is_dir():
+        from ovss_cli.clip.weights import folder_weights
+
+        path = folder_weights(Path(path))
     stat = Path(path).stat()
     return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 

@@ -82,7 +82,6 @@ def predict(
     import torch
 
     from ovss_cli.data.io import read_image, write_png
-    from ovss_cli.data.transforms import to_clip_tensor
     from ovss_cli.runtime.precision import autocast, resolve_precision
     from ovss_cli.evaluate.inference import predict_scores
     from ovss_cli.evaluate.visualize import legend, overlay, palette
@@ -99,7 +98,8 @@ def predict(
     for path in track(images, len(images), "predict"):
         image = read_image(path)
         with torch.no_grad(), autocast(precision, device):
-            scores = predict_scores(to_clip_tensor(image, device), segmenter.scores, mode, segmenter.window,
+            pixels = segmenter.image_norm.to_tensor(image, device)
+            scores = predict_scores(pixels, segmenter.scores, mode, segmenter.window,
                                     image.shape[:2])
         label = scores.argmax(dim=0).cpu().numpy()
         present = [int(i) for i in np.unique(label)]

@@ -90,18 +90,22 @@ def _gather_rng(dist: DistInfo) -> list[dict]:
 
 def checkpoint_sidecar(recipe, model, step: int, metrics: dict | None = None) -> dict:
     from ovss_cli import __version__
+    from ovss_cli.clip.config import pinned_clip_section
 
+    stored = recipe.to_dict()
+    stored["clip"] = pinned_clip_section(stored["clip"], model.dense)  # rebuilds as trained, wherever loaded
     return {
         "format": "ovss-checkpoint/1",
         "ovss_version": __version__,
         "method": recipe.method,
         "finetune_mode": recipe.finetune.mode if recipe.finetune is not None else None,
-        "clip": {"name": recipe.clip.name, "pretrained": recipe.clip.pretrained, "image_size": recipe.clip.image_size},
+        "clip": {key: stored["clip"][key] for key in ("name", "pretrained", "image_size", "quick_gelu", "image_mean",
+                                                      "image_std", "image_interpolation")},
         "window": model.window,
         "class_names": list(model.train_classes),
         "step": step,
         "metrics": metrics,
-        "recipe": recipe.to_dict(),
+        "recipe": stored,
     }
 
 
@@ -179,7 +183,10 @@ class Trainer:
         return ckpt.resolve_checkpoint(path)
 
     def _restore(self, weights: Path) -> int:
+        from ovss_cli.clip.config import check_checkpoint_clip
+
         state = ckpt.load_training_state(ckpt.training_state_path(weights))
+        check_checkpoint_clip(self.model.dense, ckpt.read_sidecar(weights), str(weights))
         ckpt.load_weights(self.model, weights)
         expected = {"global_batch": self.recipe.data.batch_size, "accumulate_steps": self.recipe.optim.accumulate_steps}
         saved = {key: state.get(key) for key in expected}

@@ -1,7 +1,7 @@
 """Turning a per-window scorer into full-image predictions: CAT-Seg's sliding window and a whole-image mode.
 
 A scorer maps CLIP-normalised images [B, 3, S, S] (S = the model's window size) to class
-probabilities [B, T, S, S].
+probabilities [B, T, S, S]; images are normalised with the segmenter's `image_norm` (its CLIP's statistics).
 """
 
 from __future__ import annotations

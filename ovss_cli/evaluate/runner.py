@@ -7,7 +7,6 @@ from typing import Literal
 import torch
 
 from ovss_cli.data.dataset import SegmentationSet
-from ovss_cli.data.transforms import to_clip_tensor
 from ovss_cli.runtime.distributed import DistInfo
 from ovss_cli.runtime.precision import autocast
 from ovss_cli.evaluate.inference import predict_scores
@@ -40,7 +39,8 @@ def evaluate_dataset(segmenter, dataset: SegmentationSet, mode: Literal["sliding
     for index in track(indices, len(indices), f"{spec.name}", enabled=show_progress and dist.is_main):
         image, label, _ = dataset[index]
         with autocast(precision, device):
-            scores = predict_scores(to_clip_tensor(image, device), segmenter.scores, mode, segmenter.window,
+            pixels = segmenter.image_norm.to_tensor(image, device)
+            scores = predict_scores(pixels, segmenter.scores, mode, segmenter.window,
                                     tuple(label.shape))
         prediction = to_eval_prediction(scores.argmax(dim=0), spec.background_from)
         matrix.update(prediction, torch.from_numpy(label).to(device), spec.ignore_index)

@@ -3,7 +3,7 @@
 Training: `model(batch)` returns {'loss': BCE} for a batch {'image': uint8 [B, 3, S, S], 'label': [B, S, S]}.
 The training vocabulary's prompts are tokenised once; while any text-side CLIP parameter
 trains they are re-encoded every step (with gradients), otherwise encoded once and cached.
-Evaluation: the Segmenter protocol (window / set_vocabulary / scores). With `finetune.mode:
+Evaluation: the Segmenter protocol (window / image_norm / set_vocabulary / scores). With `finetune.mode:
 hclip` this is H-CLIP.
 """
 
@@ -19,7 +19,6 @@ from torch.utils.checkpoint import checkpoint
 
 from ovss_cli.clip.dense import DenseCLIP
 from ovss_cli.clip.text import TextEncoder
-from ovss_cli.data.transforms import normalize
 from ovss_cli.decoder.catseg import CATSegDecoder
 from ovss_cli.losses.segmentation import segmentation_bce_loss
 from ovss_cli.errors import UsageError
@@ -82,7 +81,7 @@ class CATSegModel(nn.Module):
         return self.training_loss(batch)
 
     def training_loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        images = normalize(batch["image"].float())
+        images = self.dense.norm.normalize(batch["image"].float())
         with self.finetune.scope():
             logits = self.logits(images, self._training_text()[None])
         loss = segmentation_bce_loss(logits, batch["label"], ignore_index=IGNORE_INDEX, mask_ignore=self.mask_ignore)
@@ -130,6 +129,10 @@ class CATSegModel(nn.Module):
         return super().train(mode)
 
     # ----------------------------------------------------------------- Segmenter protocol
+    @property
+    def image_norm(self):
+        return self.dense.norm
+
     @torch.no_grad()
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
         names = list(class_names)
@@ -158,12 +161,9 @@ def _checkpointed(forward, *args, **kwargs):
 
 def build_catseg(recipe, pretrained: bool = True) -> CATSegModel:
     """The CAT-Seg model of a recipe; pretrained=False skips loading CLIP weights (a checkpoint will provide them)."""
-    import dataclasses
-
     from ovss_cli.clip.config import build_dense_clip
     from ovss_cli.data.train_set import train_vocabulary
 
-    clip_cfg = recipe.clip if pretrained else dataclasses.replace(recipe.clip, pretrained="")
-    dense, text = build_dense_clip(clip_cfg)
+    dense, text = build_dense_clip(recipe.clip, load_weights=pretrained)
     return CATSegModel(dense, text, recipe.finetune, recipe.decoder, recipe.loss,
                        train_vocabulary(recipe.data.benchmark), window=recipe.data.crop_size)

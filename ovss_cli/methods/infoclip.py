@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from ovss_cli.clip.dense import DenseCLIP
 from ovss_cli.clip.text import TextEncoder
-from ovss_cli.data.transforms import normalize
 from ovss_cli.losses.segmentation import segmentation_bce_loss
 from ovss_cli.errors import OvssError
 from ovss_cli.losses.alignment_transfer import alignment_transfer_losses
@@ -87,7 +86,7 @@ class InfoCLIPModel(CATSegModel):
 
     # ----------------------------------------------------------------- training
     def training_loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        images = normalize(batch["image"].float())
+        images = self.dense.norm.normalize(batch["image"].float())
         teacher_patches, teacher_text = self.teacher_features(images)  # the same crop as the student
         with self.finetune.scope():
             text = self._training_text()
@@ -117,14 +116,11 @@ def _forgive_missing_teacher_keys(module, incompatible_keys) -> None:
 def build_infoclip(recipe, pretrained: bool = True) -> InfoCLIPModel:
     """The InfoCLIP model of a recipe. pretrained=False skips loading CLIP weights and builds no teacher
     (a checkpoint provides the student; such a model evaluates and predicts but cannot train)."""
-    import dataclasses
-
     from ovss_cli.clip.config import build_dense_clip
     from ovss_cli.data.train_set import train_vocabulary
 
     recipe.infoclip.check_global_batch(recipe.data.batch_size, recipe.optim.accumulate_steps)
-    clip_cfg = recipe.clip if pretrained else dataclasses.replace(recipe.clip, pretrained="")
-    dense, text = build_dense_clip(clip_cfg)
+    dense, text = build_dense_clip(recipe.clip, load_weights=pretrained)
     teacher = copy.deepcopy(dense) if pretrained else None  # copied before fine-tuning adapters are attached
     return InfoCLIPModel(dense, text, recipe.finetune, recipe.decoder, recipe.loss,
                          train_vocabulary(recipe.data.benchmark), window=recipe.data.crop_size,

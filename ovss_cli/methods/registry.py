@@ -4,7 +4,7 @@ A training model built here is an nn.Module with
   - `forward(batch)` / `training_loss(batch)` -> dict of scalar tensors with a 'loss' key,
   - `param_groups(optim_cfg)` -> optimizer parameter groups,
   - `enable_activation_checkpointing()`,
-  - the Segmenter protocol (`window`, `set_vocabulary`, `scores`) for evaluation,
+  - the Segmenter protocol (`window`, `image_norm`, `set_vocabulary`, `scores`) for evaluation,
   - `train_classes` (the training vocabulary, recorded in checkpoints).
 The engine only ever talks to that interface. This module imports no torch at import time
 (recipes validate against it at start-up); a builder imports its method when called.

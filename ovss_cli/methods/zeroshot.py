@@ -23,6 +23,10 @@ class ZeroShotSegmenter(nn.Module):
         self.window = dense_clip.image_size
         self._class_embeddings: torch.Tensor | None = None
 
+    @property
+    def image_norm(self):
+        return self.dense.norm
+
     @torch.no_grad()
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
         embeddings = self.text.embed_classes(self.dense, list(class_names))  # [T, P, C]

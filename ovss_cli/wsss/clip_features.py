@@ -53,7 +53,10 @@ class ClipEsBackbone(nn.Module):
             raise TypeError("CLIP-ES needs an open_clip ViT CLIP with a projection (`visual.proj`)")
         if pos_interpolation not in POS_INTERPOLATIONS:
             raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}")
+        from ovss_cli.clip.zoo import image_norm
+
         self.clip = clip_model.eval().requires_grad_(False)
+        self.norm = image_norm(clip_model)
         self.patch_size = int(visual.conv1.kernel_size[0])
         self.native_grid = tuple(int(g) for g in visual.grid_size)
         self.pos_interpolation = pos_interpolation
@@ -67,16 +70,15 @@ class ClipEsBackbone(nn.Module):
         return self.clip.visual.conv1.weight.device
 
     def prepare_image(self, image: np.ndarray, scale: float = 1.0) -> torch.Tensor:
-        """RGB uint8 [H, W, 3] -> CLIP-normalised [1, 3, H', W'], resized bicubically (PIL, as CLIP-ES) to
-        H' = ceil(scale * H / patch) * patch (the same for W)."""
+        """RGB uint8 [H, W, 3] -> CLIP-normalised [1, 3, H', W'], resized with CLIP's interpolation (PIL; bicubic
+        for OpenAI CLIP, as CLIP-ES) to H' = ceil(scale * H / patch) * patch (the same for W)."""
         from PIL import Image
-
-        from ovss_cli.data.transforms import to_clip_tensor
 
         height, width = image.shape[:2]
         size = tuple(int(math.ceil(scale * s / self.patch_size)) * self.patch_size for s in (width, height))
-        resized = np.array(Image.fromarray(image).resize(size, Image.BICUBIC)) if size != (width, height) else image
-        return to_clip_tensor(resized, self.device).unsqueeze(0)
+        resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[self.norm.interpolation]
+        resized = np.array(Image.fromarray(image).resize(size, resample)) if size != (width, height) else image
+        return self.norm.to_tensor(resized, self.device).unsqueeze(0)
 
     @torch.no_grad()
     def frozen_layers(self, images: torch.Tensor) -> FrozenPass:

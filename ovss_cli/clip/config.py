@@ -97,5 +97,7 @@ def check_checkpoint_clip(dense, sidecar: dict, source: str) -> None:
     """Refuse a checkpoint whose CLIP ran another activation than the model it is loaded into."""
     from ovss_cli.clip.zoo import check_activation
 
-    section = legacy_clip_section((sidecar.get("recipe") or {}).get("clip") or {})
-    check_activation(dense.clip, section["quick_gelu"], f"checkpoint {source}")
+    record = sidecar.get("clip") or {}
+    if "quick_gelu" not in record:  # written before ovss recorded it
+        record = legacy_clip_section((sidecar.get("recipe") or {}).get("clip") or {})
+    check_activation(dense.clip, record["quick_gelu"], f"checkpoint {source}")

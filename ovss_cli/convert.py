@@ -5,6 +5,8 @@ projections split into q/k/v_proj_weight, the aggregator under `sem_seg_head.pre
 and the two guidance transposed convs (`upsample1`, `upsample2`) on the top model. Every official
 tensor is renamed to its ovss key; the q/k/v rows are fused back into `in_proj_weight` and then
 laid out as the recipe's fine-tuning mode stores them. Nothing may be left over on either side.
+The model is built from the recipe's CLIP tag without weights, so it has the activation and pixel
+statistics the official model was trained with (OpenAI's QuickGELU CLIP for `openai`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovss_cli.data.transforms import OPENAI_NORM
+from ovss_cli.data.transforms import ImageNorm
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -53,7 +53,8 @@ def encode_classes_as_pixels(prediction: np.ndarray) -> np.ndarray:
 class PixelOracle:
     """A per-pixel 'model': reads the class id spelled by each pixel and scores it 1, all others 0."""
 
-    image_norm = OPENAI_NORM
+    # not OpenAI's statistics: the decoding below only works if callers normalise with the segmenter's own
+    image_norm = ImageNorm(mean=(0.5, 0.25, 0.75), std=(0.5, 0.5, 0.25))
 
     def __init__(self, window: int):
         self.window = window

@@ -19,15 +19,18 @@ from tests.helpers import QUICKSTART, TINY
 
 runner = CliRunner()
 CLASSES = ["sky", "grass", "sand", "water", "brick"]
+HALF = [0.5, 0.5, 0.5]
 
 
 @pytest.fixture(scope="module")
 def hclip_run(tmp_path_factory):
-    """A few H-CLIP training steps on the toy set (the transforms move away from identity)."""
+    """A few H-CLIP training steps on the toy set (the transforms move away from identity), on a
+    QuickGELU CLIP with non-OpenAI pixel statistics, both of which every export must carry."""
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("run")
     result = runner.invoke(app, ["train", str(QUICKSTART), *TINY, "finetune.mode=hclip", "finetune.block_size=32",
-                                 "optim.clip_lr_multiplier=10.0", "--output", str(run)])
+                                 "optim.clip_lr_multiplier=10.0", "clip.quick_gelu=true", f"clip.image_mean={HALF}",
+                                 f"clip.image_std={HALF}", "--output", str(run)])
     assert result.exit_code == 0, result.output
     return run
 
@@ -44,11 +47,13 @@ def test_open_clip_export_reproduces_the_adapted_model(hclip_run, tmp_path):
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "ovss_export.json").read_text())
     assert meta["recipe"]["finetune"]["mode"] == "frozen" and meta["image_size"] == 32
+    assert meta["quick_gelu"] is True and "force_quick_gelu=True" in meta["load_with_open_clip"]
+    assert meta["normalization"] == {"mean": HALF, "std": HALF, "interpolation": "bicubic"}
 
     # Plain open_clip, no ovss model code involved, loads the merged weights.
     register_ovss_configs()
     plain = open_clip.create_model("ovss-tiny", pretrained=str(out / "open_clip_model.safetensors"),
-                                   force_image_size=32).eval()
+                                   force_image_size=32, force_quick_gelu=True).eval()
     x = images()
     with torch.no_grad(), trained.finetune.scope():
         adapted_tokens = trained.dense.encode_image_dense(x).tokens
@@ -68,6 +73,7 @@ def test_open_clip_export_reproduces_the_adapted_model(hclip_run, tmp_path):
     # The export folder is a checkpoint for ovss too: same scores, no adapter left.
     exported = load_segmenter(out, "cpu")
     assert exported.finetune.mode == "frozen"
+    assert exported.dense.quick_gelu and exported.image_norm.mean == (0.5, 0.5, 0.5)
     trained.set_vocabulary(CLASSES)
     exported.set_vocabulary(CLASSES)
     assert (exported.scores(x) - trained.scores(x)).abs().max() < 1e-4
@@ -82,6 +88,7 @@ def test_onnx_export_matches_pytorch(hclip_run, tmp_path):
     assert result.exit_code == 0, result.output
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["classes"] == CLASSES and meta["window"] == 32 and meta["batch"] == 3
+    assert (meta["mean"], meta["std"], meta["clip_quick_gelu"]) == (HALF, HALF, True)
     model = load_segmenter(hclip_run, "cpu")
     model.set_vocabulary(CLASSES)
     x = images(count=3)

@@ -11,6 +11,7 @@ import json
 import logging
 import warnings
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -164,16 +165,19 @@ def test_official_catseg_recipe_converts_into_a_quick_gelu_model():
     assert build_model(load_recipe("recipes/catseg_vitb.yaml"), pretrained=False).dense.quick_gelu
 
 
-def test_open_clip_mismatch_warnings_become_errors(tiny_tag):
-    # open_clip itself only warns when a GELU config meets QuickGELU tag weights
+def test_open_clip_mismatch_warnings_become_errors(tiny_tag, tmp_path):
+    # open_clip itself only warns (warnings.warn) when a GELU config meets QuickGELU tag weights
     with pytest.raises(OvssError, match="QuickGELU mismatch"):
         with open_clip_warnings_as_errors("loading"):
             open_clip.create_model("ovss-tiny", pretrained=tiny_tag)
-    with pytest.raises(OvssError, match="open_clip warned while loading: context length differs"):
+    # and only logs (logging.warning) when it cannot load tower weights
+    with pytest.raises(OvssError, match="open_clip warned while loading: Invalid file path"):
         with open_clip_warnings_as_errors("loading"):
-            logging.warning("context length differs")
-    with open_clip_warnings_as_errors("building"):  # ovss loads weights itself: this note is expected
-        open_clip.create_model("ovss-tiny", pretrained=None)
+            open_clip.create_model("ovss-tiny", pretrained_image_path=str(tmp_path / "absent.pt"))
+    with pytest.warns(UserWarning, match="not from open_clip"):  # other libraries' warnings go on as usual
+        with open_clip_warnings_as_errors("building"):
+            open_clip.create_model("ovss-tiny", pretrained=None)  # its "no weights loaded" note: ovss loads them itself
+            warnings.warn("not from open_clip")
 
 
 def test_checkpoint_records_activation_and_refuses_another(tmp_path):
@@ -257,3 +261,26 @@ def test_dense_features_equal_a_plain_open_clip_forward(quick_tiny, tmp_path):
     assert (cls - embedding).abs().max() < 1e-5
     with torch.no_grad():
         assert (dense.encode_text(tokens) - reference.encode_text(tokens)).abs().max() < 1e-5
+
+
+def test_clip_es_inputs_use_the_models_statistics_and_interpolation(quick_tiny, tmp_path):
+    from ovss_cli.wsss.clip_features import ClipEsBackbone
+
+    folder = save_folder(quick_tiny, tmp_path / "hub", "open_clip_model.safetensors")  # 0.5 statistics, bilinear
+    backbone = ClipEsBackbone(create_clip("ovss-tiny", str(folder)))
+    image = torch.randint(0, 256, (32, 48, 3), dtype=torch.uint8).numpy()
+    assert torch.allclose(backbone.prepare_image(image)[0], torch.from_numpy(image).permute(2, 0, 1) / 127.5 - 1, atol=1e-6)
+    from PIL import Image
+
+    resized = backbone.prepare_image(image, scale=2.0)[0]  # 64 x 96, resized with the weights' bilinear
+    expected = torch.from_numpy(np.array(Image.fromarray(image).resize((96, 64), Image.BILINEAR))).permute(2, 0, 1)
+    assert torch.allclose(resized, expected / 127.5 - 1, atol=1e-6)
+
+
+def test_text_cache_key_names_the_activation(quick_tiny, tmp_path):
+    from ovss_cli.clip.config import ClipConfig, build_dense_clip
+
+    path = str(save_form(quick_tiny, tmp_path, "safetensors"))
+    keys = {build_dense_clip(ClipConfig(name="ovss-tiny", pretrained=path, image_size=64, quick_gelu=flag))[1].model_id
+            for flag in (True, False)}
+    assert len(keys) == 2 and any(key.endswith("|QuickGELU") for key in keys)

@@ -139,8 +139,7 @@ def load_clip_state(model, state: dict, source: str, name: str) -> None:
     if text_positions is not None and text_positions.shape[0] != expected["positional_embedding"].shape[0]:
         raise OvssError(f"{source} has a text context of {text_positions.shape[0]} tokens, model {name} "
                         f"{expected['positional_embedding'].shape[0]}; pick the open_clip model the weights were trained as")
-    with _quiet_root_logger():
-        resize_pos_embed(state, model)  # weights fine-tuned at another image size (open_clip does the same)
+    resize_pos_embed(state, model)  # weights fine-tuned at another image size (open_clip does the same)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [key for key in expected if key in state and state[key].shape != expected[key].shape]
     if missing or unexpected or wrong:
@@ -200,11 +199,15 @@ class _TakeWarnings(logging.Filter):
         self.messages: list[str] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or not _from_open_clip(record.pathname):
             return True
         if not record.getMessage().startswith(_EXPECTED_LOGS):
             self.messages.append(record.getMessage())
         return False
+
+
+def _from_open_clip(filename: str) -> bool:
+    return f"{os.sep}open_clip{os.sep}" in filename
 
 
 @contextlib.contextmanager
@@ -226,7 +229,10 @@ def open_clip_warnings_as_errors(what: str):
     finally:
         root.removeFilter(taken)
         root.setLevel(previous)
-    messages = taken.messages + [str(w.message) for w in caught if not issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    for w in caught:
+        if not _from_open_clip(w.filename):  # other libraries' warnings go on as usual
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    messages = taken.messages + [str(w.message) for w in caught if _from_open_clip(w.filename)]
     if messages:
         raise OvssError(f"open_clip warned while {what}: {first_line(messages[0])}; "
                         "make the model name, clip.quick_gelu and the weights agree")

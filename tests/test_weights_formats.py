@@ -8,7 +8,6 @@ the same activation. ovss's dense features are checked against a plain open_clip
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 
 import numpy as np
@@ -182,10 +181,11 @@ def test_open_clip_mismatch_warnings_become_errors(tiny_tag, tmp_path):
 
 def test_checkpoint_records_activation_and_refuses_another(tmp_path):
     from ovss_cli.clip.config import check_checkpoint_clip
-    from ovss_cli.engine.checkpoint import read_sidecar, save_checkpoint
     from ovss_cli.engine.trainer import checkpoint_sidecar
-    from ovss_cli.methods.registry import build_model, load_segmenter
+    from ovss_cli.loading import load_segmenter
+    from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import recipe_from_dict
+    from ovss_cli.runtime.checkpoint import read_sidecar, save_checkpoint
 
     data = yaml.safe_load(open("recipes/quickstart.yaml", encoding="utf-8"))
     data["clip"].update(quick_gelu=True, image_mean=list(INCEPTION))
@@ -209,10 +209,11 @@ def test_checkpoint_records_activation_and_refuses_another(tmp_path):
 
 
 def test_sidecars_from_before_activation_records_load_as_gelu_with_openai_statistics(tmp_path):
-    from ovss_cli.engine.checkpoint import save_checkpoint
     from ovss_cli.engine.trainer import checkpoint_sidecar
-    from ovss_cli.methods.registry import build_model, load_segmenter
+    from ovss_cli.loading import load_segmenter
+    from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import recipe_from_dict
+    from ovss_cli.runtime.checkpoint import save_checkpoint
 
     data = yaml.safe_load(open("recipes/quickstart.yaml", encoding="utf-8"))
     recipe = recipe_from_dict(data)

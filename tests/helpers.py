@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovss_cli.data.transforms import ImageNorm
+from ovss_cli.clip.norm import ImageNorm
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

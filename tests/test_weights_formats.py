@@ -18,8 +18,8 @@ import yaml
 from safetensors.torch import save_file
 
 from ovss_cli.clip.dense import DenseCLIP
+from ovss_cli.clip.norm import OPENAI_NORM, ImageNorm
 from ovss_cli.clip.zoo import create_clip, open_clip_warnings_as_errors, uses_quick_gelu
-from ovss_cli.data.transforms import OPENAI_NORM, ImageNorm
 from ovss_cli.errors import OvssError, UsageError
 
 INCEPTION = (0.5, 0.5, 0.5)

@@ -7,6 +7,11 @@ from typing import Literal, Union
 
 from ovss_cli.errors import UsageError
 
+# OpenAI CLIP's pixel statistics (open_clip.constants.OPENAI_DATASET_MEAN / _STD), in 0..1 units.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
 
 @dataclass
 class ClipConfig:
@@ -30,8 +35,6 @@ class ClipConfig:
     def validate(self) -> None:
         if self.image_size <= 0:
             raise UsageError(f"clip.image_size must be positive, got {self.image_size}")
-        from ovss_cli.data.transforms import INTERPOLATIONS
-
         for key in ("image_mean", "image_std"):
             value = getattr(self, key)
             if value is not None and (len(value) != 3 or (key == "image_std" and min(value) <= 0)):
@@ -83,14 +86,11 @@ def legacy_clip_section(section: dict) -> dict:
     """A stored `clip:` section from before ovss recorded activation and normalisation: such checkpoints
     were trained with the model config's activation and OpenAI's statistics."""
     from ovss_cli.clip.zoo import model_quick_gelu
-    from ovss_cli.data.transforms import OPENAI_NORM
 
     if "quick_gelu" in section:
         return section
-    legacy = {**section, "quick_gelu": model_quick_gelu(section.get("name", ClipConfig.name))}
-    legacy.update({"image_mean": list(OPENAI_NORM.mean), "image_std": list(OPENAI_NORM.std),
-                   "image_interpolation": OPENAI_NORM.interpolation})
-    return legacy
+    return {**section, "quick_gelu": model_quick_gelu(section.get("name", ClipConfig.name)),
+            "image_mean": list(OPENAI_MEAN), "image_std": list(OPENAI_STD), "image_interpolation": "bicubic"}
 
 
 def check_checkpoint_clip(dense, sidecar: dict, source: str) -> None:

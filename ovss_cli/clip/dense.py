@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovss_cli.clip.zoo import image_norm, uses_quick_gelu
+
 
 @dataclass
 class DenseFeatures:
@@ -47,8 +49,6 @@ class DenseCLIP(nn.Module):
         visual = clip_model.visual
         if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
             raise TypeError("DenseCLIP needs an open_clip ViT CLIP (a `visual.transformer` with `conv1`)")
-        from ovss_cli.clip.zoo import image_norm
-
         self.clip = clip_model
         self.norm = image_norm(clip_model)
         self.patch_size = int(visual.conv1.kernel_size[0])
@@ -64,8 +64,6 @@ class DenseCLIP(nn.Module):
 
     @property
     def quick_gelu(self) -> bool:
-        from ovss_cli.clip.zoo import uses_quick_gelu
-
         return uses_quick_gelu(self.clip)
 
     @property

@@ -9,8 +9,8 @@ import socket
 import warnings
 from pathlib import Path
 
+from ovss_cli.clip.norm import ImageNorm
 from ovss_cli.clip.weights import NON_WEIGHTS, is_local_weights, read_clip_weights
-from ovss_cli.data.transforms import ImageNorm
 from ovss_cli.errors import OvssError, UsageError
 from ovss_cli.textutil import did_you_mean, first_line
 

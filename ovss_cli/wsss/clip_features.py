@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ovss_cli.clip.dense import resize_pos_embed
+from ovss_cli.clip.zoo import image_norm
 
 POS_INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -53,8 +54,6 @@ class ClipEsBackbone(nn.Module):
             raise TypeError("CLIP-ES needs an open_clip ViT CLIP with a projection (`visual.proj`)")
         if pos_interpolation not in POS_INTERPOLATIONS:
             raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}")
-        from ovss_cli.clip.zoo import image_norm
-
         self.clip = clip_model.eval().requires_grad_(False)
         self.norm = image_norm(clip_model)
         self.patch_size = int(visual.conv1.kernel_size[0])

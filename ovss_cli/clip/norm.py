@@ -12,12 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ovss_cli.clip.config import INTERPOLATIONS, OPENAI_MEAN, OPENAI_STD
 from ovss_cli.errors import UsageError
-
-# OpenAI CLIP's pixel statistics (open_clip.constants.OPENAI_DATASET_MEAN / _STD), in 0..1 units.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,8 @@ def read_clip_weights(path: Path) -> ClipWeights:
     preprocess = None
     if config is not None:
         model_cfg = config.get("model_cfg", config)
-        quick_gelu = bool(model_cfg.get("quick_gelu", False))  # the config describes the whole model
+        if "quick_gelu" in model_cfg:  # some older hub configs omit it: then they record nothing
+            quick_gelu = bool(model_cfg["quick_gelu"])
         preprocess = config.get("preprocess_cfg") or None
         form = "folder"
     return ClipWeights(state=state, form=form, quick_gelu=quick_gelu, preprocess=preprocess)

@@ -9,7 +9,7 @@ import typer
 
 CheckpointOption = typer.Option(None, "--checkpoint", "-c", help="Trained run folder or checkpoint file (.safetensors). Without it: zero-shot dense CLIP.")
 ClipModelOption = typer.Option(None, "--clip-model", help="open_clip model for the zero-shot baseline [default: ViT-B-16; ovss-tiny for --bench toy].")
-PretrainedOption = typer.Option(None, "--pretrained", help="open_clip tag or local .pt/.safetensors weights for the zero-shot baseline [default: openai; random for ovss-tiny]. '' = random init.")
+PretrainedOption = typer.Option(None, "--pretrained", help="open_clip tag, OpenAI .pt, .safetensors/.bin state dict or hub folder for the zero-shot baseline [default: openai; random for ovss-tiny]. '' = random init.")
 ImageSizeOption = typer.Option(None, "--image-size", help="CLIP input size of the zero-shot baseline [default: 384; 64 for ovss-tiny].")
 TemplatesOption = typer.Option("single", "--templates", help="Prompt templates of the zero-shot baseline: single, imagenet80 or imagenet7.")
 ModeOption = typer.Option("sliding", "--mode", help="sliding: CAT-Seg protocol (640 resize, 384 windows stride 256 + global view); whole: one resized view.")

@@ -14,7 +14,7 @@ DatasetOption = typer.Option("voc", "--dataset", help="voc, coco or toy (synthet
 ImageLabelsOption = typer.Option("auto", "--image-labels", help="Image-level labels from xml (VOC annotations, as CLIP-ES), mask (np.unique of the ground truth, as WeCLIP) or auto (xml on voc, mask otherwise).")
 BoxThresholdOption = typer.Option(None, "--box-threshold", help="CAM fraction of the max whose contour boxes gate the attention affinity (default: 0.4; 0.7 on coco).")
 ClipModelOption = typer.Option(None, "--clip-model", help="open_clip model (default: ViT-B-16; ovss-tiny for --dataset toy).")
-PretrainedOption = typer.Option(None, "--pretrained", help="open_clip tag or local .pt/.safetensors weights (default: openai; random for ovss-tiny). '' = random init.")
+PretrainedOption = typer.Option(None, "--pretrained", help="open_clip tag, OpenAI .pt, .safetensors/.bin state dict or hub folder (default: openai; random for ovss-tiny). '' = random init.")
 DataRootOption = typer.Option(None, "--data-root", help="Prepared datasets (default: $OVSS_DATASETS, $DETECTRON2_DATASETS, ./datasets).")
 LimitOption = typer.Option(None, "--limit", min=1, help="Only the first N images of the split (quick checks).")
 GpusOption = typer.Option(1, "--gpus", min=1, help="Processes (GPUs) on this machine; images are sharded across them.")

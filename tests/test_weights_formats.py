@@ -285,3 +285,21 @@ def test_text_cache_key_names_the_activation(quick_tiny, tmp_path):
     keys = {build_dense_clip(ClipConfig(name="ovss-tiny", pretrained=path, image_size=64, quick_gelu=flag))[1].model_id
             for flag in (True, False)}
     assert len(keys) == 2 and any(key.endswith("|QuickGELU") for key in keys)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this would create the marker folder
+        import os
+
+        return os.makedirs, (self.marker,)
+
+
+def test_clip_weights_that_run_code_are_refused_without_running(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"visual.proj": torch.zeros(2), "payload": _RunsCode(str(marker))}, tmp_path / "evil.pt")
+    with pytest.raises(OvssError, match="neither a TorchScript archive nor a state dict of tensors"):
+        create_clip("ovss-tiny", str(tmp_path / "evil.pt"))
+    assert not marker.exists()

@@ -17,9 +17,11 @@ from ovss_cli.commands import wsss as wsss_commands
 from ovss_cli.data.io import write_label
 from ovss_cli.errors import OvssError
 from ovss_cli.fileio import TEMP_MARK, remove_temporaries, temporary_path
-from ovss_cli.wsss.clip_es import ClipEsCams, ClipEsConfig, encode_prompts, pseudo_label
+from ovss_cli.wsss.clip_es import ClipEsCams, pseudo_label
+from ovss_cli.wsss.config import ClipEsConfig
+from ovss_cli.wsss.names import background_words, prompt_names
 from ovss_cli.wsss.clip_features import ClipEsBackbone, block_after_ln1
-from ovss_cli.wsss.datasets import mask_labels, open_wsss_dataset
+from ovss_cli.data.image_labels import mask_labels, open_image_label_set
 from ovss_cli.wsss.gradcam import gradcam_map, softmax_scores
 from ovss_cli.wsss.writer import is_finished, label_path
 from tests.helpers import reference_miou
@@ -30,6 +32,17 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def tiny():
     return create_clip("ovss-tiny")
+
+
+def encode_prompts(model, names):
+    """Unit text embeddings of CLIP-ES's prompt for `names`, through ovss's TextEncoder."""
+    from ovss_cli.clip.dense import DenseCLIP
+    from ovss_cli.clip.text import TextEncoder
+    from ovss_cli.wsss.names import CLIP_ES_TEMPLATE
+
+    text = TextEncoder("ovss-tiny", [CLIP_ES_TEMPLATE], join_synonyms=True)
+    dense = DenseCLIP(model, int(model.visual.image_size[0]))
+    return torch.nn.functional.normalize(text.embed_classes(dense, list(names))[:, 0], dim=-1)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +90,7 @@ def test_images_become_patch_multiples_and_positions_interpolate(tiny):
 def test_one_graph_gradcams_equal_a_fresh_pass_per_class(tiny):
     backbone = ClipEsBackbone(tiny)
     names = ("cat", "dog", "sky", "road")
-    text = encode_prompts(tiny, "ovss-tiny", names)
+    text = encode_prompts(tiny, names)
     image = np.random.default_rng(1).integers(0, 255, (48, 80, 3)).astype(np.uint8)
     cams = ClipEsCams(backbone, text[:2], text[2:], ClipEsConfig())
     result = cams(image, [1, 2])
@@ -94,7 +107,7 @@ def test_one_graph_gradcams_equal_a_fresh_pass_per_class(tiny):
 
 
 def test_scales_average_the_per_scale_cams(tiny):
-    text = encode_prompts(tiny, "ovss-tiny", ("cat", "dog", "sky"))
+    text = encode_prompts(tiny, ("cat", "dog", "sky"))
     image = np.random.default_rng(2).integers(0, 255, (40, 56, 3)).astype(np.uint8)
     make = lambda scales: ClipEsCams(ClipEsBackbone(tiny), text[:2], text[2:], ClipEsConfig(scales=scales))(image, [2])
     single, doubled, half = make((1.0,)), make((1.0, 1.0)), make((0.5,))
@@ -146,12 +159,12 @@ def write_voc(root, count=3, split_ids=None):
 
 def test_voc_image_labels_from_xml_and_from_masks(tmp_path):
     write_voc(tmp_path)
-    xml = open_wsss_dataset("voc", "train", tmp_path)
-    mask = open_wsss_dataset("voc", "train", tmp_path, label_source="mask", limit=2)
+    xml = open_image_label_set("voc", "train", tmp_path)
+    mask = open_image_label_set("voc", "train", tmp_path, label_source="mask", limit=2)
     assert xml.label_source == "xml" and len(xml) == 3 and len(mask) == 2
     assert [xml.image_labels(i) for i in range(3)] == [[1, 3], [2, 3], [3]]
     assert [mask.image_labels(i) for i in range(2)] == [[1, 3], [2, 3]]
-    assert xml.num_classes == 21 and xml.prompt_names[14] == "person with clothes,people,human"
+    assert xml.num_classes == 21 and prompt_names("voc")[14] == "person with clothes,people,human"
     assert xml.image(0).shape == (48, 64, 3) and xml.ground_truth(0).shape == (48, 64)
 
 
@@ -164,18 +177,18 @@ def test_coco_split_lists_masks_and_reads_labels_from_them(tmp_path):
     cv2.imwrite(str(tmp_path / "coco2014/SegmentationClass/train2014/COCO_train2014_000000000009.png"), mask)
     cv2.imwrite(str(tmp_path / "coco2014/JPEGImages/train2014/COCO_train2014_000000000009.jpg"),
                 np.zeros((20, 30, 3), np.uint8))
-    coco = open_wsss_dataset("coco", "train", tmp_path)
+    coco = open_image_label_set("coco", "train", tmp_path)
     assert len(coco) == 1 and coco.label_source == "mask" and coco.image_labels(0) == [1, 80]
-    assert coco.num_classes == 81 and coco.prompt_names[79] == "toothbrush"
-    assert "keyboard" not in coco.background_words and len(coco.background_words) == 23
+    assert coco.num_classes == 81 and prompt_names("coco")[79] == "toothbrush"
+    assert "keyboard" not in background_words("coco") and len(background_words("coco")) == 23
     from ovss_cli.data.benchmarks import DatasetMissingError
 
     with pytest.raises(DatasetMissingError, match="prepare coco-2014"):
-        open_wsss_dataset("coco", "val", tmp_path / "elsewhere")
+        open_image_label_set("coco", "val", tmp_path / "elsewhere")
 
 
 def test_toy_view_and_mask_labels():
-    toy = open_wsss_dataset("toy", "val", limit=2)
+    toy = open_image_label_set("toy", "val", limit=2)
     truth = toy.ground_truth(0)
     assert toy.num_classes == 6 and 0 not in np.unique(truth)  # toy has no background class
     assert toy.image_labels(0) == sorted(set(np.unique(truth).tolist()) - {255})
@@ -188,7 +201,7 @@ def test_dataset_usage_errors(tmp_path, name, split, message):
     from ovss_cli.errors import UsageError
 
     with pytest.raises(UsageError, match=message):
-        open_wsss_dataset(name, split, tmp_path, label_source="xml" if name == "toy" else "auto")
+        open_image_label_set(name, split, tmp_path, label_source="xml" if name == "toy" else "auto")
 
 
 # ------------------------------------------------------------------ resumable output
@@ -217,8 +230,7 @@ def test_prototypes_then_vpl_pseudolabels_resume(tmp_path, app):
                                  "--steps", "30", "--out", str(prototypes)])
     assert result.exit_code == 0, result.output
     sidecar = json.loads(prototypes.with_suffix(".json").read_text())
-    assert sidecar["clip_identity"] == "ovss-tiny|random" and sidecar["class_names"] == list(
-        open_wsss_dataset("toy", "train").prompt_names)
+    assert sidecar["clip_identity"] == "ovss-tiny|random" and sidecar["class_names"] == list(prompt_names("toy"))
     assert sidecar["vpl"]["steps"] == 30 and sidecar["regions"] >= 3
     from safetensors.torch import load_file
 
@@ -235,7 +247,7 @@ def test_prototypes_then_vpl_pseudolabels_resume(tmp_path, app):
     assert "3 written, 0 already finished" in first.output and "mIoU" in first.output
     files = sorted(p.name for p in out.iterdir() if not p.name.endswith(".json"))
     assert files == [f"toy_val_{i:05d}.png" for i in range(3)]  # the stale temporary is gone, never an output
-    toy = open_wsss_dataset("toy", "val", limit=3)
+    toy = open_image_label_set("toy", "val", limit=3)
     for i in range(3):
         label = cv2.imread(str(out / files[i]), cv2.IMREAD_UNCHANGED)
         assert label.dtype == np.uint8 and label.ndim == 2 and label.shape == (96, 96)

@@ -47,11 +47,13 @@ class ClipConfig:
         resolve_templates(self.templates)
 
 
-def build_dense_clip(cfg: ClipConfig, load_weights: bool = True):
-    """DenseCLIP + TextEncoder for a `clip:` section (weights loaded, positional embeddings resized).
+def build_dense_clip(cfg: ClipConfig, load_weights: bool = True, image_size: int | None = None,
+                     join_synonyms: bool = False):
+    """DenseCLIP + TextEncoder for a `clip:` section (weights loaded, positional embeddings resized to
+    `image_size`, by default the section's; 0 keeps the model's native size, as CLIP-ES wants).
 
     load_weights=False builds the network the weights would make (activation, normalisation) with
-    random weights, for a checkpoint to fill.
+    random weights, for a checkpoint to fill. join_synonyms: prompts keep whole class names (CLIP-ES).
     """
     from ovss_cli.clip.dense import DenseCLIP
     from ovss_cli.clip.prompts import resolve_templates
@@ -62,7 +64,8 @@ def build_dense_clip(cfg: ClipConfig, load_weights: bool = True):
     norm = {"mean": cfg.image_mean, "std": cfg.image_std, "interpolation": cfg.image_interpolation}
     model = create_clip(cfg.name, cfg.pretrained or None, quick_gelu=cfg.quick_gelu, norm=norm,
                         load_weights=load_weights)
-    dense = DenseCLIP(model, cfg.image_size)
+    size = cfg.image_size if image_size is None else image_size or int(model.visual.image_size[0])
+    dense = DenseCLIP(model, size)
     if not cfg.pretrained or not load_weights:
         model_id = None  # random weights: nothing to cache
     elif is_local_weights(cfg.pretrained):
@@ -71,7 +74,8 @@ def build_dense_clip(cfg: ClipConfig, load_weights: bool = True):
         model_id = f"{cfg.name}|{cfg.pretrained}"
     if model_id is not None:  # the same weights give other text embeddings under the other activation
         model_id += f"|{activation_name(dense.quick_gelu)}"
-    return dense, TextEncoder(cfg.name, resolve_templates(cfg.templates), model_id=model_id)
+    return dense, TextEncoder(cfg.name, resolve_templates(cfg.templates), model_id=model_id,
+                              join_synonyms=join_synonyms)
 
 
 def pinned_clip_section(section: dict, dense) -> dict:

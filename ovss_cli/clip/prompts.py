@@ -48,6 +48,8 @@ def first_synonym(name: str) -> str:
     return name.split(",")[0].strip()
 
 
-def build_prompts(class_names: list[str], templates: list[str]) -> list[str]:
-    """Class-major prompt list: prompts[t * P + p] = templates[p] filled with class t's first synonym."""
-    return [template.format(first_synonym(name)) for name in class_names for template in templates]
+def build_prompts(class_names: list[str], templates: list[str], join_synonyms: bool = False) -> list[str]:
+    """Class-major prompt list: prompts[t * P + p] = templates[p] filled with class t's first synonym
+    (join_synonyms: with the whole name, synonyms and all, as CLIP-ES prompts 'person with clothes,people,human')."""
+    return [template.format(name if join_synonyms else first_synonym(name))
+            for name in class_names for template in templates]

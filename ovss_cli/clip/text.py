@@ -34,22 +34,29 @@ def weights_identity(path: str | Path) -> str:
 
 class TextEncoder:
     def __init__(self, clip_name: str, templates: list[str], model_id: str | None = None,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, join_synonyms: bool = False):
         import open_clip
 
+        from ovss_cli.clip.zoo import register_ovss_configs
+
+        register_ovss_configs()  # ovss's own model names (ovss-tiny) have tokenizers too
         self.tokenizer = open_clip.get_tokenizer(clip_name)
         self.templates = list(templates)
+        self.join_synonyms = join_synonyms
         self.model_id = model_id
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
 
     def tokens(self, class_names: list[str]) -> torch.Tensor:
         """Token ids [T * P, context] of the class-major prompts."""
-        return self.tokenizer(build_prompts(class_names, self.templates))
+        return self.tokenizer(build_prompts(class_names, self.templates, self.join_synonyms))
 
     def _cache_path(self, class_names: list[str]) -> Path | None:
         if not self.model_id:
             return None
-        key = json.dumps({"model": self.model_id, "templates": self.templates, "classes": class_names})
+        key = {"model": self.model_id, "templates": self.templates, "classes": class_names}
+        if self.join_synonyms:  # (absent otherwise, so existing cache entries keep their keys)
+            key["join_synonyms"] = True
+        key = json.dumps(key)
         return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
 
     @torch.no_grad()

@@ -27,6 +27,13 @@ def _clip_choice(dataset: str, clip_model: Optional[str], pretrained: Optional[s
     return name, weights
 
 
+def _clip_section(name: str, weights: str):
+    from ovss_cli.clip.config import ClipConfig
+    from ovss_cli.wsss.names import CLIP_ES_TEMPLATE
+
+    return ClipConfig(name=name, pretrained=weights, templates=[CLIP_ES_TEMPLATE])
+
+
 def _parse_scales(text: str) -> tuple[float, ...]:
     from ovss_cli.errors import UsageError
 
@@ -38,8 +45,7 @@ def _parse_scales(text: str) -> tuple[float, ...]:
 
 
 def _clip_es_config(dataset: str, box_threshold: Optional[float], **overrides):
-    from ovss_cli.wsss.clip_es import ClipEsConfig
-    from ovss_cli.wsss.datasets import DEFAULT_BOX_THRESHOLD
+    from ovss_cli.wsss.config import DEFAULT_BOX_THRESHOLD, ClipEsConfig
 
     threshold = box_threshold if box_threshold is not None else DEFAULT_BOX_THRESHOLD.get(dataset, 0.4)
     config = ClipEsConfig(box_threshold=threshold, **overrides)
@@ -76,8 +82,8 @@ def pseudolabel(
     """
     from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
     from ovss_cli.errors import UsageError
-    from ovss_cli.wsss.crf import CrfParams
-    from ovss_cli.wsss.datasets import open_wsss_dataset
+    from ovss_cli.data.image_labels import open_image_label_set
+    from ovss_cli.wsss.config import CrfParams
 
     if method not in ("clip-es", "vpl"):
         raise UsageError(f"--method must be clip-es or vpl, got '{method}'")
@@ -87,22 +93,23 @@ def pseudolabel(
         raise UsageError("--prototypes only applies to --method vpl")
     config = _clip_es_config(dataset, box_threshold, background_power=background_power, scales=_parse_scales(scales),
                              crf=CrfParams() if crf else None, confidence=confidence)
-    data = open_wsss_dataset(dataset, split, data_root, image_labels, limit)  # fail on missing data before any model
+    data = open_image_label_set(dataset, split, data_root, image_labels, limit)  # fail on missing data before any model
     if relaunch_if_needed(gpus):
         return
+    from ovss_cli.wsss.names import prompt_names
     from ovss_cli.wsss.prototype_store import clip_identity, load_prototypes
-    from ovss_cli.wsss.runner import build_cams, generate_pseudolabels, prepare_output
+    from ovss_cli.engine.pseudolabel import build_cams, generate_pseudolabels, prepare_output
 
     clip_name, weights = _clip_choice(dataset, clip_model, pretrained)
     identity = clip_identity(clip_name, weights)
-    vision = load_prototypes(prototypes, identity, data.prompt_names)[0] if prototypes is not None else None
+    vision = load_prototypes(prototypes, identity, prompt_names(dataset))[0] if prototypes is not None else None
     settings = {"method": method, "dataset": dataset, "split": split, "image_labels": data.label_source,
                 "clip": identity, "prototypes": str(prototypes.resolve()) if prototypes else None,
                 "clip_es": config.as_dict()}
     dist = init_distributed(common.resolve_device(device))
     try:
         prepare_output(out, settings, dist.is_main)
-        cams = build_cams(clip_name, weights, data, config, dist.device, vision)
+        cams = build_cams(_clip_section(clip_name, weights), data, config, dist.device, vision)
         summary = generate_pseudolabels(data, cams, out, dist)
         if dist.is_main:
             _write_metrics(out, summary)
@@ -160,27 +167,28 @@ def prototypes(
     Example: ovss prototypes --dataset voc --split train_aug --out prototypes/voc_vitb16.safetensors --gpus 4
     """
     from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
-    from ovss_cli.wsss.datasets import open_wsss_dataset
-    from ovss_cli.wsss.vpl import VplConfig
+    from ovss_cli.data.image_labels import open_image_label_set
+    from ovss_cli.wsss.config import VplConfig
 
     vpl_config = VplConfig(tau_text=tau_text, tau_image=tau_image, kl_weight=kl_weight, lr=lr, steps=steps,
                            region_cam=region_cam, region_threshold=region_threshold)
     vpl_config.validate()
     config = _clip_es_config(dataset, box_threshold, crf=None)
-    data = open_wsss_dataset(dataset, split, data_root, image_labels, limit)
+    data = open_image_label_set(dataset, split, data_root, image_labels, limit)
     if relaunch_if_needed(gpus):
         return
     import torch
 
     from ovss_cli.errors import OvssError
+    from ovss_cli.wsss.names import prompt_names
     from ovss_cli.wsss.prototype_store import clip_identity, save_prototypes
-    from ovss_cli.wsss.runner import build_cams, collect_regions
+    from ovss_cli.engine.pseudolabel import build_cams, collect_regions
     from ovss_cli.wsss.vpl import learn_prototypes
 
     clip_name, weights = _clip_choice(dataset, clip_model, pretrained)
     dist = init_distributed(common.resolve_device(device))
     try:
-        cams = build_cams(clip_name, weights, data, config, dist.device)
+        cams = build_cams(_clip_section(clip_name, weights), data, config, dist.device)
         features, labels = collect_regions(data, cams, vpl_config.region_cam, vpl_config.region_threshold, dist)
         if not dist.is_main:
             return
@@ -190,11 +198,11 @@ def prototypes(
         vision, stats = learn_prototypes(features.to(text.device), labels.to(text.device), text, vpl_config)
         metadata = {"clip_identity": clip_identity(clip_name, weights), "clip_model": clip_name,
                     "pretrained": weights, "dataset": dataset, "split": split, "images": len(data),
-                    "image_labels": data.label_source, "class_names": list(data.prompt_names),
+                    "image_labels": data.label_source, "class_names": list(prompt_names(dataset)),
                     "vpl": vpl_config.as_dict(), "clip_es": config.as_dict(), **stats}
         save_prototypes(out, vision, text, metadata)
         similarity = torch.nn.functional.cosine_similarity(vision, text, dim=-1)
-        typer.echo(f"learnt {len(data.prompt_names)} prototypes from {stats['regions']} regions of {len(data)} images "
+        typer.echo(f"learnt {len(prompt_names(dataset))} prototypes from {stats['regions']} regions of {len(data)} images "
                    f"(loss {stats['initial_loss']:.4f} -> {stats['final_loss']:.4f}, mean cos to text "
                    f"{float(similarity.mean()):.3f}); wrote {out}")
     finally:

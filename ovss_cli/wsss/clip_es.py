@@ -10,43 +10,14 @@ a dense CRF whose low-confidence pixels become 255.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovss_cli.errors import UsageError
-from ovss_cli.wsss.crf import CrfParams
-from ovss_cli.wsss.datasets import IGNORE
-
-
-@dataclass
-class ClipEsConfig:
-    logit_scale: float = 100.0  # CLIP's learned scale (100 for OpenAI weights), fixed so any checkpoint scores alike
-    box_threshold: float = 0.4  # CAM fraction of the max whose contour boxes gate the affinity (0.7 on COCO)
-    affinity_layers: int = 8  # last layers whose attention makes the affinity
-    sinkhorn_rounds: int = 3
-    background_power: float = 1.0  # alpha in (1 - max_k cam_k)^alpha
-    scales: tuple[float, ...] = (1.0,)  # image scales whose CAMs are averaged (CLIP-ES: single scale)
-    pos_interpolation: str = "bilinear"  # how positional embeddings follow the image size (CLIP-ES: bilinear)
-    crf: CrfParams | None = field(default_factory=CrfParams)  # None: labels are the plain argmax
-    confidence: float = 0.95  # CRF marginals below this become 255 (ignore)
-
-    def validate(self) -> None:
-        if not 0 < self.box_threshold < 1:
-            raise UsageError(f"box threshold must lie in (0, 1), got {self.box_threshold}")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise UsageError(f"scales must be positive numbers, got {self.scales}")
-        if self.background_power <= 0:
-            raise UsageError(f"background power must be positive, got {self.background_power}")
-        if not 0 <= self.confidence <= 1:
-            raise UsageError(f"confidence must lie in [0, 1], got {self.confidence}")
-        if self.affinity_layers < 1 or self.sinkhorn_rounds < 1:
-            raise UsageError("affinity layers and Sinkhorn rounds must be at least 1")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from ovss_cli.data.image_labels import IGNORE
+from ovss_cli.wsss.config import ClipEsConfig
 
 
 @dataclass
@@ -57,22 +28,6 @@ class ImageCams:
     gradcams: torch.Tensor  # [k, N] softmax-GradCAMs on that grid
     patch_embeddings: torch.Tensor  # [N, C] patch tokens after ln_post and proj at the first scale
     grid: tuple[int, int]
-
-
-def encode_prompts(clip_model, clip_name: str, names: tuple[str, ...] | list[str],
-                   template: str | None = None) -> torch.Tensor:
-    """Unit text embeddings [len(names), C] of `template` filled with each full name (synonyms stay joined)."""
-    import open_clip
-
-    from ovss_cli.clip.zoo import register_ovss_configs
-    from ovss_cli.wsss.names import CLIP_ES_TEMPLATE
-
-    register_ovss_configs()
-    tokens = open_clip.get_tokenizer(clip_name)([(template or CLIP_ES_TEMPLATE).format(n) for n in names])
-    device = next(clip_model.parameters()).device
-    with torch.no_grad():
-        embeddings = clip_model.encode_text(tokens.to(device)).float()
-    return embeddings / embeddings.norm(dim=-1, keepdim=True)
 
 
 class ClipEsCams:

@@ -22,26 +22,11 @@ tensor ops that run on the GPU.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class CrfParams:
-    iterations: int = 10
-    gaussian_sxy: float = 1.0
-    gaussian_weight: float = 3.0
-    bilateral_sxy: float = 67.0
-    bilateral_srgb: float = 3.0
-    bilateral_weight: float = 4.0
-    bilateral_cell: int | None = None  # source groups' spatial block in px; None: bilateral_sxy / 16 (1 = exact)
-    colour_bin: float | None = None  # source groups' colour bin per channel; None: bilateral_srgb / 2
-    max_pairs: float = 4e9  # most pixel x source-group pairs of one bilateral pass (groups coarsen to fit)
-    cache_pairs: float = 1.5e8  # keep the bilateral kernel in memory when it has at most this many entries
-    unary_clip: float = 1e-5  # pydensecrf's unary_from_softmax clip
+from ovss_cli.wsss.config import CrfParams  # the recipe section lives with the other WSSS settings
 
 
 def gaussian_message(q: torch.Tensor, sxy: float) -> torch.Tensor:

@@ -40,3 +40,19 @@ COCO_BACKGROUND_WORDS = tuple(word for word in VOC_BACKGROUND_WORDS if word not 
 def toy_background_words(class_names: tuple[str, ...]) -> tuple[str, ...]:
     """The VOC background words minus the toy benchmark's own (stuff) classes."""
     return tuple(word for word in VOC_BACKGROUND_WORDS if word not in class_names)
+
+
+def prompt_names(dataset: str) -> tuple[str, ...]:
+    """The K foreground classes of label set `dataset` ('voc', 'coco', 'toy') as CLIP-ES prompts them."""
+    if dataset == "toy":
+        from ovss_cli.data.toy import TOY_CLASSES
+
+        return tuple(TOY_CLASSES)
+    return {"voc": VOC_PROMPT_NAMES, "coco": COCO_PROMPT_NAMES}[dataset]
+
+
+def background_words(dataset: str) -> tuple[str, ...]:
+    """The background words that compete with `dataset`'s classes."""
+    if dataset == "toy":
+        return toy_background_words(prompt_names("toy"))
+    return {"voc": VOC_BACKGROUND_WORDS, "coco": COCO_BACKGROUND_WORDS}[dataset]

@@ -13,39 +13,10 @@ tau_I = tau_T, p_I = p_T (the paper's Proposition 1).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ovss_cli.errors import UsageError
-
-REGION_CAMS = ("refined", "gradcam")
-
-
-@dataclass
-class VplConfig:
-    tau_text: float = 0.01  # temperature of the text-prototype probabilities p_T
-    tau_image: float = 0.01  # temperature of the vision-prototype probabilities p_I
-    kl_weight: float = 1.0  # lambda, the weight of KL(p_T || p_I)
-    lr: float = 1e-2  # full-batch Adam step size
-    steps: int = 300
-    region_cam: str = "refined"  # CAM that pools region embeddings: refined (CLIP-ES with CAA) or gradcam
-    region_threshold: float = 0.0  # CAM values at or below this do not pool (0: CAM-weighted mean)
-
-    def validate(self) -> None:
-        if self.tau_text <= 0 or self.tau_image <= 0:
-            raise UsageError("VPL temperatures must be positive")
-        if self.kl_weight < 0 or self.lr <= 0 or self.steps < 0:
-            raise UsageError("VPL needs kl_weight >= 0, lr > 0 and steps >= 0")
-        if self.region_cam not in REGION_CAMS:
-            raise UsageError(f"region CAM must be one of {', '.join(REGION_CAMS)}, got '{self.region_cam}'")
-        if not 0 <= self.region_threshold < 1:
-            raise UsageError(f"region threshold must lie in [0, 1), got {self.region_threshold}")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
+from ovss_cli.wsss.config import VplConfig
 
 def region_embeddings(patch_embeddings: torch.Tensor, cams: torch.Tensor,
                       threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""WSSS views of VOC 2012, COCO 2014 and the toy benchmark: images, image-level labels and (optional) ground truth.
+"""Image-level label sets (weakly-supervised segmentation): VOC 2012, COCO 2014 and the toy benchmark, each image
+with its present classes and, where the split has it, its ground truth.
 
 Pseudo-label indices follow the datasets: 0 background, 1..K the classes, 255 ignore.
 Image-level labels come from VOC's XML annotations (as CLIP-ES reads them) or from the
@@ -18,28 +19,24 @@ DATASETS = ("voc", "coco", "toy")
 SPLITS = {"voc": ("train", "train_aug", "val"), "coco": ("train", "val"), "toy": ("train", "val")}
 LABEL_SOURCES = ("auto", "xml", "mask")
 IGNORE = 255
-# CLIP-ES's CAM threshold for the affinity box masks: 0.4 of the maximum on VOC, 0.7 on COCO.
-DEFAULT_BOX_THRESHOLD = {"voc": 0.4, "coco": 0.7, "toy": 0.4}
 
 
 @dataclass(frozen=True)
-class WsssItem:
+class ImageLabelItem:
     image_id: str
     image_path: Path | None = None  # None: a toy image, generated from its index
     label_path: Path | None = None  # segmentation ground truth, when the split has it
     annotation_path: Path | None = None  # VOC XML
 
 
-class WsssDataset:
-    """One split of a WSSS dataset: `len()`, `image(i)`, `image_labels(i)`, `ground_truth(i)`."""
+class ImageLabelSet:
+    """One split of an image-level label set: `len()`, `image(i)`, `image_labels(i)`, `ground_truth(i)`."""
 
-    def __init__(self, name: str, split: str, class_names: tuple[str, ...], prompt_names: tuple[str, ...],
-                 background_words: tuple[str, ...], items: list[WsssItem], label_source: str):
+    def __init__(self, name: str, split: str, class_names: tuple[str, ...], items: list[ImageLabelItem],
+                 label_source: str):
         self.name = name
         self.split = split
         self.class_names = class_names  # index 0 = background
-        self.prompt_names = prompt_names  # the K foreground classes, as CLIP-ES prompts them
-        self.background_words = background_words
         self.items = items
         self.label_source = label_source
 
@@ -88,6 +85,17 @@ class WsssDataset:
         return mask_labels(label, self.num_classes, item.image_id)
 
 
+def label_set_classes(name: str) -> tuple[str, ...]:
+    """Classes of a label set's maps, background first (toy: its five classes after a background slot)."""
+    if name == "toy":
+        from ovss_cli.data.toy import TOY_CLASSES
+
+        return ("background", *TOY_CLASSES)
+    from ovss_cli.data.vocab import load_vocabulary
+
+    return load_vocabulary({"voc": "voc21", "coco": "coco81"}[name])
+
+
 def mask_labels(label: np.ndarray, num_classes: int, image_id: str = "") -> list[int]:
     """Foreground classes present in a label map (np.unique without background 0 and ignore 255)."""
     present = [int(v) for v in np.unique(label) if v not in (0, IGNORE)]
@@ -118,8 +126,8 @@ def voc_xml_labels(path: Path | None, class_names: tuple[str, ...]) -> list[int]
     return sorted(present)
 
 
-def open_wsss_dataset(name: str, split: str, root: Path | None = None, label_source: str = "auto",
-                      limit: int | None = None) -> WsssDataset:
+def open_image_label_set(name: str, split: str, root: Path | None = None, label_source: str = "auto",
+                      limit: int | None = None) -> ImageLabelSet:
     """The `split` of dataset `name` ('voc', 'coco' or 'toy'), first `limit` images only when given."""
     if name not in DATASETS:
         raise UsageError(f"unknown WSSS dataset '{name}'; use one of {', '.join(DATASETS)}")
@@ -149,20 +157,16 @@ def _root(root: Path | None) -> Path:
     return resolve_data_root(root)
 
 
-def _toy(split: str, source: str) -> WsssDataset:
-    from ovss_cli.data.toy import TOY_CLASSES, toy_length
-    from ovss_cli.wsss.names import toy_background_words
+def _toy(split: str, source: str) -> ImageLabelSet:
+    from ovss_cli.data.toy import toy_length
 
-    items = [WsssItem(f"toy_{split}_{i:05d}") for i in range(toy_length(split))]
-    return WsssDataset("toy", split, ("background", *TOY_CLASSES), TOY_CLASSES, toy_background_words(TOY_CLASSES),
-                       items, source)
+    items = [ImageLabelItem(f"toy_{split}_{i:05d}") for i in range(toy_length(split))]
+    return ImageLabelSet("toy", split, label_set_classes("toy"), items, source)
 
 
-def _voc(split: str, root: Path, source: str) -> WsssDataset:
+def _voc(split: str, root: Path, source: str) -> ImageLabelSet:
     from ovss_cli.data.benchmarks import get_benchmark, locate
     from ovss_cli.data.io import read_split_ids
-    from ovss_cli.data.vocab import load_vocabulary
-    from ovss_cli.wsss.names import VOC_BACKGROUND_WORDS, VOC_PROMPT_NAMES
 
     bench = get_benchmark("voc21")
     image_dir, label_dir = locate(bench, root)
@@ -171,15 +175,12 @@ def _voc(split: str, root: Path, source: str) -> WsssDataset:
         raise OvssError(f"split list {split_file} is missing; run `ovss prepare voc --data-root {root}`")
     ids = read_split_ids(split_file)
     annotations = image_dir.parent / "Annotations"
-    items = [WsssItem(i, image_dir / f"{i}.jpg", label_dir / f"{i}.png", annotations / f"{i}.xml") for i in ids]
-    return WsssDataset("voc", split, load_vocabulary("voc21"), VOC_PROMPT_NAMES, VOC_BACKGROUND_WORDS, items, source)
+    items = [ImageLabelItem(i, image_dir / f"{i}.jpg", label_dir / f"{i}.png", annotations / f"{i}.xml") for i in ids]
+    return ImageLabelSet("voc", split, label_set_classes("voc"), items, source)
 
 
-def _coco(split: str, root: Path, source: str) -> WsssDataset:
+def _coco(split: str, root: Path, source: str) -> ImageLabelSet:
     from ovss_cli.data.benchmarks import DatasetMissingError, get_benchmark
-    from ovss_cli.data.vocab import load_vocabulary
-    from ovss_cli.wsss.names import COCO_BACKGROUND_WORDS, COCO_PROMPT_NAMES
-
     bench = get_benchmark("coco81")  # its folders name the val split; train lies beside them
     image_dir = root / Path(bench.image_dir).parent / f"{split}2014"
     label_dir = root / Path(bench.label_dir).parent / f"{split}2014"
@@ -187,6 +188,5 @@ def _coco(split: str, root: Path, source: str) -> WsssDataset:
         if not folder.is_dir():
             raise DatasetMissingError(f"COCO 2014 {split} not found: no folder {folder}; run "
                                       f"`ovss prepare {bench.prepare} --data-root {root}`")
-    items = [WsssItem(p.stem, image_dir / f"{p.stem}.jpg", p) for p in sorted(label_dir.glob("*.png"))]
-    return WsssDataset("coco", split, load_vocabulary("coco81"), COCO_PROMPT_NAMES, COCO_BACKGROUND_WORDS, items,
-                       source)
+    items = [ImageLabelItem(p.stem, image_dir / f"{p.stem}.jpg", p) for p in sorted(label_dir.glob("*.png"))]
+    return ImageLabelSet("coco", split, label_set_classes("coco"), items, source)

@@ -1,4 +1,10 @@
-"""The loops behind `ovss pseudolabel` and `ovss prototypes`: images sharded over ranks, results reduced on rank 0."""
+"""The loops behind `ovss pseudolabel` and `ovss prototypes`: images sharded over ranks, results reduced on rank 0.
+
+CLIP comes from the recipe's `clip:` section through `ovss_cli.clip` (one loader), the prompts
+through its TextEncoder (CLIP-ES's template from `clip.templates`, synonym-joined names), the
+images and image-level labels from `ovss_cli.data.image_labels`, and the score through
+`ovss_cli.evaluate.metrics`, the same confusion matrix and mIoU as `ovss evaluate`.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from ovss_cli.runtime.distributed import barrier
+from ovss_cli.clip.config import ClipConfig, build_dense_clip
+from ovss_cli.data.image_labels import IGNORE, ImageLabelSet
+from ovss_cli.data.io import read_label, write_label
 from ovss_cli.errors import UsageError
+from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
 from ovss_cli.fileio import remove_temporaries, write_json
-from ovss_cli.wsss.clip_es import ClipEsCams, ClipEsConfig
-from ovss_cli.wsss.datasets import IGNORE, WsssDataset
+from ovss_cli.progress import track
+from ovss_cli.runtime.distributed import barrier
+from ovss_cli.wsss.clip_es import ClipEsCams, pseudo_label
+from ovss_cli.wsss.clip_features import ClipEsBackbone
+from ovss_cli.wsss.config import ClipEsConfig
+from ovss_cli.wsss.names import background_words, prompt_names
+from ovss_cli.wsss.vpl import region_embeddings
+from ovss_cli.wsss.writer import is_finished, label_path
 
 SETTINGS_FILE = "pseudolabel.json"
 
@@ -26,22 +42,26 @@ class PseudoLabelSummary:
     labelled_fraction: float | None  # share of ground-truth pixels that got a label (not 255)
 
 
-def build_cams(clip_name: str, pretrained: str | None, dataset: WsssDataset, config: ClipEsConfig, device: str,
+def class_embeddings(text, dense, names: tuple[str, ...]) -> torch.Tensor:
+    """Unit text embeddings [len(names), C]: the templates of `text` (one for CLIP-ES) averaged per name."""
+    embeddings = F.normalize(text.embed_classes(dense, list(names)).float(), dim=-1)
+    return F.normalize(embeddings.mean(dim=1), dim=-1)
+
+
+def build_cams(clip: ClipConfig, dataset: ImageLabelSet, config: ClipEsConfig, device: str,
                prototypes: torch.Tensor | None = None) -> ClipEsCams:
     """CLIP-ES for `dataset`'s classes; `prototypes` [K, C] (VPL) replace the foreground text rows."""
-    from ovss_cli.clip.zoo import create_clip
-    from ovss_cli.wsss.clip_es import encode_prompts
-    from ovss_cli.wsss.clip_features import ClipEsBackbone
-
-    model = create_clip(clip_name, pretrained or None).to(device).eval()
-    foreground = encode_prompts(model, clip_name, dataset.prompt_names)
-    background = encode_prompts(model, clip_name, dataset.background_words)
+    # The model's native size: CLIP-ES resizes the positional embeddings to each image itself.
+    dense, text = build_dense_clip(clip, image_size=0, join_synonyms=True)
+    dense = dense.to(device).eval()
+    foreground = class_embeddings(text, dense, prompt_names(dataset.name))
+    background = class_embeddings(text, dense, background_words(dataset.name))
     if prototypes is not None:
         if prototypes.shape != foreground.shape:
             raise UsageError(f"prototypes have shape {tuple(prototypes.shape)}, the model's class embeddings "
                              f"{tuple(foreground.shape)}; learn them with the same CLIP and dataset")
         foreground = prototypes.to(foreground.device)
-    return ClipEsCams(ClipEsBackbone(model, config.pos_interpolation), foreground, background, config)
+    return ClipEsCams(ClipEsBackbone(dense.clip, config.pos_interpolation), foreground, background, config)
 
 
 def prepare_output(out_dir: Path, settings: dict, is_main: bool) -> None:
@@ -62,15 +82,9 @@ def prepare_output(out_dir: Path, settings: dict, is_main: bool) -> None:
     barrier()
 
 
-def generate_pseudolabels(dataset: WsssDataset, cams: ClipEsCams, out_dir: Path, dist, progress: bool = True
+def generate_pseudolabels(dataset: ImageLabelSet, cams: ClipEsCams, out_dir: Path, dist, progress: bool = True
                           ) -> PseudoLabelSummary:
     """Write `<out_dir>/<id>.png` for this rank's images (finished ones skipped) and score all against ground truth."""
-    from ovss_cli.data.io import read_label, write_label
-    from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
-    from ovss_cli.progress import track
-    from ovss_cli.wsss.clip_es import pseudo_label
-    from ovss_cli.wsss.writer import is_finished, label_path
-
     confusion = ConfusionMatrix(dataset.num_classes, device=dist.device)
     # images, written, skipped, images with ground truth, labelled gt pixels, valid gt pixels
     counts = torch.zeros(6, dtype=torch.float64, device=dist.device)
@@ -111,12 +125,9 @@ def generate_pseudolabels(dataset: WsssDataset, cams: ClipEsCams, out_dir: Path,
                               labelled / valid if with_truth and valid else None)
 
 
-def collect_regions(dataset: WsssDataset, cams: ClipEsCams, region_cam: str, threshold: float, dist,
+def collect_regions(dataset: ImageLabelSet, cams: ClipEsCams, region_cam: str, threshold: float, dist,
                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Region embeddings [R, C] (one per present class per image, all ranks gathered) and their classes [R] (0..K-1)."""
-    from ovss_cli.progress import track
-    from ovss_cli.wsss.vpl import region_embeddings
-
     features, labels = [], []
     indices = range(dist.rank, len(dataset), dist.world_size)
     for index in track(indices, len(indices), "region embeddings", enabled=progress and dist.is_main):

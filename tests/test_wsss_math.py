@@ -7,8 +7,8 @@ import torch
 from ovss_cli.wsss.affinity import attention_affinity, box_mask, refine_cam, sinkhorn_normalise
 from ovss_cli.wsss.crf import BilateralFilter, CrfParams, dense_crf, gaussian_message
 from ovss_cli.wsss.gradcam import gradcam_weights, minmax, softmax_gradcam, softmax_scores
-from ovss_cli.wsss.vpl import (VplConfig, image_log_probabilities, learn_prototypes, prototype_objective,
-                               region_embeddings, text_probabilities)
+from ovss_cli.wsss.vpl import (VplConfig, feature_span, fix_gauge, image_log_probabilities, learn_prototypes,
+                               prototype_objective, region_embeddings, text_probabilities)
 
 
 def attention_like(n: int, seed: int) -> torch.Tensor:
@@ -241,6 +241,35 @@ def test_prototypes_approach_text_as_the_kl_weight_grows():
     assert closeness[2] > 0.999
     free, stats = learn_prototypes(features, labels, text, config(0.0))
     assert stats["final_loss"] < stats["initial_loss"] and stats["regions"] == 40
+
+
+@pytest.mark.parametrize("regions", [40, 30])
+def test_two_starts_give_the_same_normalised_prototypes(regions):
+    # Without the gauge fix the two runs reach the same loss with prototypes at cosine 0.3 and 0.2.
+    features, labels, text = prototype_problem(3, regions=regions)
+    config = VplConfig(steps=600, lr=2e-2, tau_text=0.1, tau_image=0.1, kl_weight=1.0)
+    start = torch.randn(text.shape, generator=torch.Generator().manual_seed(9))
+    from_text, stats_text = learn_prototypes(features, labels, text, config)
+    from_random, stats_random = learn_prototypes(features, labels, text, config, initial=start)
+    assert stats_text["final_loss"] == pytest.approx(stats_random["final_loss"], abs=1e-4)
+    cosine = torch.nn.functional.cosine_similarity(from_text, from_random, dim=-1)
+    assert float(cosine.min()) > 0.9999, cosine
+
+
+def test_the_gauge_fix_changes_nothing_the_objective_sees():
+    features, labels, text = prototype_problem(4, regions=6, dim=10)
+    p_text = text_probabilities(features, text, 0.1)
+    generator = torch.Generator().manual_seed(2)
+    prototypes = torch.randn(text.shape, generator=generator)
+    shift = torch.randn(1, text.shape[1], generator=generator)  # the same vector added to every prototype
+    loss = lambda v: float(prototype_objective(v, features, labels, p_text, 0.1, 1.0))
+    assert loss(prototypes + shift) == pytest.approx(loss(prototypes), abs=1e-5)
+    fixed = fix_gauge(prototypes, text, feature_span(features))
+    assert loss(fixed) == pytest.approx(loss(prototypes), abs=1e-5)
+    assert torch.allclose(fixed.mean(dim=0), text.mean(dim=0), atol=1e-6)  # class mean at the text mean
+    unseen = torch.linalg.svd(torch.nn.functional.normalize(features, dim=-1))[2][6:]  # orthogonal to every region
+    assert torch.allclose((fixed - text) @ unseen.T, torch.zeros(4, 4), atol=1e-5)
+    assert torch.allclose(fix_gauge(fixed, text, feature_span(features)), fixed, atol=1e-6)  # a projection
 
 
 def test_region_embeddings_are_cam_weighted_means():

@@ -9,6 +9,15 @@ abstract, figures and theorem names, every choice an option:
 Both terms are a log-sum-exp of functions linear in V minus linear terms, hence convex while V
 is not normalised; the prototypes are normalised after the optimisation. With V = T and
 tau_I = tau_T, p_I = p_T (the paper's Proposition 1).
+
+Gauge. The objective sees V only through the logits <x_hat_r, v_k>, up to one shift per region:
+V -> V + 1 u^T (the same vector added to every prototype) and any change of V along directions
+orthogonal to every region embedding leave it unchanged, so its minimiser is a whole family and
+Adam drifts along it. ovss keeps the member closest to the text prototypes,
+V = T + (I - 11^T/K) (V - T) P with P the projector onto the span of the region embeddings:
+Adam runs on the coordinates of (V - T) in that span, class-centred, so the prototypes' class mean
+stays the text mean, the unseen directions stay the text's, and the normalised prototypes (and the
+pseudo-labels) depend on the data only, not on the start.
 """
 
 from __future__ import annotations
@@ -46,24 +55,43 @@ def prototype_objective(prototypes: torch.Tensor, features: torch.Tensor, labels
     return cross_entropy + kl_weight * kl
 
 
-def learn_prototypes(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
-                     config: VplConfig) -> tuple[torch.Tensor, dict]:
+def feature_span(features: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+    """Orthonormal basis [r, C] of the span of the normalised region embeddings [R, C]."""
+    _, singular, basis = torch.linalg.svd(F.normalize(features.double(), dim=-1), full_matrices=False)
+    return basis[singular > rtol * singular.max()].to(features.dtype)
+
+
+def fix_gauge(prototypes: torch.Tensor, text: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """The member of V's invariance family closest to T: T + (I - 11^T/K)(V - T)P (P = span^T span)."""
+    delta = (prototypes - text) @ span.T @ span
+    return text + delta - delta.mean(dim=0, keepdim=True)
+
+
+def learn_prototypes(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, config: VplConfig,
+                     initial: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Unit vision prototypes [K, C] from region embeddings [R, C] with classes `labels` [R] (0..K-1).
 
-    Full-batch Adam from V = T (unit text embeddings); returns the prototypes and the initial and final loss.
+    Full-batch Adam from V = T (unit text embeddings; `initial` [K, C] starts elsewhere), the gauge fixed after
+    every step; returns the prototypes and the initial and final loss.
     """
     config.validate()
     features = features.float()
     text = F.normalize(text.float(), dim=-1).to(features.device)
     text_probs = text_probabilities(features, text, config.tau_text)
-    prototypes = text.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([prototypes], lr=config.lr)
+    span = feature_span(features)
+    start = text if initial is None else fix_gauge(initial.float().to(features.device), text, span)
+    # Adam runs on the coordinates the objective sees: V = T + centre(D) B, D [K, r], B the span basis.
+    coordinates = ((start - text) @ span.T).requires_grad_(True)
+    optimizer = torch.optim.Adam([coordinates], lr=config.lr)
+
+    def current() -> torch.Tensor:
+        return text + (coordinates - coordinates.mean(dim=0, keepdim=True)) @ span
 
     def objective() -> torch.Tensor:
-        return prototype_objective(prototypes, features, labels, text_probs, config.tau_image, config.kl_weight)
+        return prototype_objective(current(), features, labels, text_probs, config.tau_image, config.kl_weight)
 
     with torch.no_grad():
-        initial = float(objective())
+        initial_loss = float(objective())
     with torch.enable_grad():
         for _ in range(config.steps):
             optimizer.zero_grad()
@@ -71,5 +99,5 @@ def learn_prototypes(features: torch.Tensor, labels: torch.Tensor, text: torch.T
             optimizer.step()
     with torch.no_grad():
         final = float(objective())
-    return F.normalize(prototypes.detach(), dim=-1), {"initial_loss": initial, "final_loss": final,
+    return F.normalize(current().detach(), dim=-1), {"initial_loss": initial_loss, "final_loss": final,
                                                       "regions": int(features.shape[0])}

@@ -24,9 +24,9 @@ from ovss_cli.loading import CLIP_FILE, DECODER_FILE, EXPORT_META, load_segmente
 
 
 def merge_adapters(model: nn.Module) -> None:
-    """Fold the model's CLIP adapters into plain weights (a no-op when nothing is attached)."""
-    handle = model.finetune
-    if handle.merged:
+    """Fold the model's CLIP adapters into plain weights (a no-op when nothing is attached or CLIP is frozen)."""
+    handle = getattr(model, "finetune", None)
+    if handle is None or handle.merged:
         return
     if not handle.mergeable:
         raise UsageError(f"finetune mode '{handle.mode}' adds modules to CLIP and cannot be folded into plain "
@@ -46,9 +46,10 @@ def export_open_clip(checkpoint: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_tensors(model.dense.clip.state_dict(), out_dir / CLIP_FILE)
     save_tensors(model.decoder.state_dict(), out_dir / DECODER_FILE)
-    # The exported model is plain CAT-Seg on plain CLIP (InfoCLIP's teacher and LPAM are training-only).
-    recipe = {**recipe, "method": "catseg", "finetune": _frozen_finetune_section()}
-    recipe.pop("infoclip", None)
+    if "finetune" in recipe:
+        # The exported model is plain CAT-Seg on plain CLIP (InfoCLIP's teacher and LPAM are training-only).
+        recipe = {**recipe, "method": "catseg", "finetune": _frozen_finetune_section()}
+        recipe.pop("infoclip", None)
     recipe["clip"] = clip = pinned_clip_section(recipe["clip"], model.dense)
     quick_gelu = ", force_quick_gelu=True" if clip["quick_gelu"] else ""
     meta = {
@@ -111,7 +112,7 @@ def export_onnx(checkpoint: Path, out_file: Path, class_names: Sequence[str], ba
         raise UsageError("ONNX export needs the onnx package: pip install 'ovss[onnx]'")
     path = Path(checkpoint)
     model = load_segmenter(path, "cpu")
-    if model.finetune.mergeable:
+    if getattr(model, "finetune", None) is None or model.finetune.mergeable:
         merge_adapters(model)  # plain weights: a smaller, faster graph
     model.set_vocabulary(list(class_names))
     example = torch.zeros(batch, 3, model.window, model.window)

@@ -3,7 +3,9 @@
 A checkpoint's model is rebuilt from the recipe stored in its sidecar (with the CLIP activation
 and pixel statistics it was trained with; older sidecars: the model config's and OpenAI's) with random CLIP
 weights, then every weight (CLIP, adapters, decoder) is loaded from the file, so no
-pretrained download is needed. An `ovss export --format open_clip` folder holds plain CLIP
+pretrained download is needed. Methods on a frozen CLIP (vpl) keep only what trains in their
+checkpoints: they are rebuilt with the recipe's pretrained CLIP, which must match the one they
+were trained on. An `ovss export --format open_clip` folder holds plain CLIP
 weights + the decoder, read back the same way.
 """
 
@@ -17,7 +19,7 @@ from safetensors.torch import load_file
 
 from ovss_cli.clip.config import check_checkpoint_clip, legacy_clip_section
 from ovss_cli.errors import OvssError, UsageError
-from ovss_cli.methods.registry import build_model
+from ovss_cli.methods.registry import METHODS, build_model
 from ovss_cli.recipes import recipe_from_dict
 from ovss_cli.runtime.checkpoint import load_weights, read_sidecar, resolve_checkpoint
 from ovss_cli.textutil import first_line
@@ -46,7 +48,7 @@ def load_segmenter(path: Path | str, device: str = "cpu") -> torch.nn.Module:
     except (KeyError, TypeError, UsageError) as err:
         raise OvssError(f"checkpoint {weights} has an unusable recipe in its sidecar ({err}); "
                         "was it written by another ovss version?") from None
-    model = build_model(recipe, pretrained=False)
+    model = build_model(recipe, pretrained=not METHODS[recipe.method].checkpoint_holds_clip)
     check_checkpoint_clip(model.dense, sidecar, str(weights))
     load_weights(model, weights)
     return model.to(device).eval()

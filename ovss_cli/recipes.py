@@ -14,9 +14,13 @@ and exactly the further sections its method reads (`ovss_cli.methods.registry.ME
     decoder:   ovss_cli.decoder.config.DecoderConfig
     loss:      ovss_cli.losses.config.LossConfig
     infoclip:  ovss_cli.methods.infoclip_config.InfoClipConfig
+    clip_es:   ovss_cli.wsss.config.ClipEsConfig      (pseudo-labels: `ovss pseudolabel`)
+    prototypes: ovss_cli.wsss.config.VplConfig        (VPL vision prototypes: `ovss prototypes`)
+    vpl:       ovss_cli.methods.vpl_config.VplTrainConfig  (the decoder on frozen CLIP: `ovss train`)
 
 `method: catseg` is the CAT-Seg model; H-CLIP is the same model with `finetune.mode: hclip`;
-`method: infoclip` adds InfoCLIP's distillation from the frozen pretrained CLIP.
+`method: infoclip` adds InfoCLIP's distillation from the frozen pretrained CLIP; `method: vpl` is the
+weakly-supervised pipeline (pseudo-labels, vision prototypes, a decoder on frozen CLIP).
 Dotted `key=value` overrides apply to the YAML before validation, so they are checked the same way.
 """
 
@@ -39,8 +43,10 @@ from ovss_cli.fileio import write_text
 from ovss_cli.losses.config import LossConfig
 from ovss_cli.methods.infoclip_config import InfoClipConfig
 from ovss_cli.methods.registry import METHODS
+from ovss_cli.methods.vpl_config import VplTrainConfig
 from ovss_cli.peft.config import FinetuneConfig
 from ovss_cli.textutil import did_you_mean
+from ovss_cli.wsss.config import ClipEsConfig, VplConfig
 
 # The choices of `method`, derived from the registry so they never drift apart.
 MethodName = Literal[tuple(METHODS)]
@@ -51,7 +57,7 @@ class Recipe:
     name: str = "catseg"
     """Run name: runs go to runs/<name>/<timestamp>/."""
     method: MethodName = "catseg"
-    """Model family: 'catseg' (CAT-Seg; with finetune.mode hclip it is H-CLIP) or 'infoclip'."""
+    """Model family: 'catseg' (CAT-Seg; with finetune.mode hclip it is H-CLIP), 'infoclip' or 'vpl' (WSSS)."""
     seed: int = 0
     """Seeds model initialisation; offset per rank and data-loader worker for everything random after it."""
     deterministic: bool = False
@@ -65,6 +71,9 @@ class Recipe:
     decoder: Optional[DecoderConfig] = None
     loss: Optional[LossConfig] = None
     infoclip: Optional[InfoClipConfig] = None
+    clip_es: Optional[ClipEsConfig] = None
+    prototypes: Optional[VplConfig] = None
+    vpl: Optional[VplTrainConfig] = None
 
     def validate(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):

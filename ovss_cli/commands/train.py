@@ -20,6 +20,7 @@ def train(
     resume: Optional[str] = typer.Option(None, "--resume", help="'auto': continue the newest run of this recipe (or --output) from its latest checkpoint, if any; or a checkpoint file / run folder."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/<recipe name>/<timestamp>]."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Prepared datasets (same as data.data_root=...) [default: $OVSS_DATASETS, $DETECTRON2_DATASETS, ./datasets]."),
+    prototypes: Optional[Path] = typer.Option(None, "--prototypes", help="method vpl: vision prototypes from `ovss prototypes` (same as vpl.prototypes=FILE)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the recipe, build the model (random weights), print trainable parameters per group and the resolved recipe; train nothing."),
 ) -> None:
     """Train a model described by a recipe; checkpoints, metrics.jsonl and the resolved recipe go to the run folder.
@@ -31,6 +32,8 @@ def train(
     overrides = list(overrides or [])
     if data_root is not None:
         overrides.append(f"data.data_root={data_root}")
+    if prototypes is not None:
+        overrides.append(f"vpl.prototypes={prototypes}")
     parsed = load_recipe(recipe, overrides)  # validated before any heavy work or relaunch
     if dry_run:
         describe(parsed)
@@ -56,7 +59,7 @@ def run_training(recipe, dist, output: Optional[Path], resume: Optional[str]):
     from ovss_cli.engine.runs import RunLock, choose_run_dir
     from ovss_cli.engine.trainer import train as train_loop
     from ovss_cli.errors import OvssError
-    from ovss_cli.methods.registry import build_model
+    from ovss_cli.methods.registry import METHODS, build_model
     from ovss_cli.recipes import save_recipe
     from ovss_cli.runtime.seeding import seed_everything
 
@@ -90,6 +93,9 @@ def run_training(recipe, dist, output: Optional[Path], resume: Optional[str]):
 
         seed_everything(recipe.seed)  # identical initialisation on every rank
         model = build_model(recipe)
+        prepare = METHODS[recipe.method].prepare_training
+        if prepare is not None:
+            prepare(recipe, model)
         result = train_loop(recipe, model, dist, run_dir, resume, on_ready=write_recipe)
     finally:
         if lock is not None:

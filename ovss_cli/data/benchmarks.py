@@ -63,8 +63,11 @@ BENCHMARKS: dict[str, Benchmark] = {
     ]
 }
 
-# Training sets -> the vocabulary of their labels (None: the built-in toy set).
-TRAIN_SETS = {"coco-stuff": "coco_stuff171", "toy": None}
+# Training sets on pseudo-labels (`ovss pseudolabel` output in data.pseudo_labels) -> their image-level label set.
+PSEUDO_LABEL_SETS = {"voc-pseudo": "voc", "coco-pseudo": "coco", "toy-pseudo": "toy"}
+# Training sets -> the vocabulary of their labels (None: the built-in toy set, or the pseudo-label sets' own).
+TRAIN_SETS = {"coco-stuff": "coco_stuff171", "toy": None, "voc-pseudo": "voc21", "coco-pseudo": "coco81",
+              "toy-pseudo": None}
 
 # The six open-vocabulary benchmarks of the H-CLIP / InfoCLIP / CAT-Seg tables, in table order.
 OVSS_BENCHMARKS = ("ade847", "pc459", "ade150", "pc59", "voc20", "voc20b")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from ovss_cli.data.benchmarks import TRAIN_SETS
+from ovss_cli.data.benchmarks import PSEUDO_LABEL_SETS, TRAIN_SETS
 from ovss_cli.errors import UsageError
 
 # The choices of `data.benchmark`, derived from the training-set table so they never drift apart.
@@ -20,7 +20,10 @@ class DataConfig:
     """Training images and their augmentation (CAT-Seg's: shortest edge, random crop, SSD colour jitter, flip)."""
 
     benchmark: TrainSetName = "coco-stuff"
-    """Training set: 'coco-stuff' (prepared COCO-Stuff-171 train2017) or 'toy' (built-in synthetic)."""
+    """Training set: 'coco-stuff' (prepared COCO-Stuff-171 train2017), 'toy' (built-in synthetic), or images with
+    the pseudo-labels of data.pseudo_labels: 'voc-pseudo', 'coco-pseudo', 'toy-pseudo'."""
+    pseudo_labels: str = ""
+    """For the *-pseudo sets: the folder `ovss pseudolabel --out` wrote (<id>.png, 255 = ignore, pseudolabel.json)."""
     data_root: str = ""
     """Prepared datasets folder; '' = $OVSS_DATASETS, $DETECTRON2_DATASETS, then ./datasets."""
     crop_size: int = 384
@@ -50,5 +53,8 @@ class DataConfig:
             raise UsageError(f"data.workers must be 0 or more, got {self.workers}")
         if not 0.0 < self.cat_max_ratio <= 1.0:
             raise UsageError(f"data.cat_max_ratio must lie in (0, 1], got {self.cat_max_ratio}")
+        if self.pseudo_labels and self.benchmark not in PSEUDO_LABEL_SETS:
+            raise UsageError(f"data.pseudo_labels is set but data.benchmark '{self.benchmark}' does not read "
+                             f"pseudo-labels; use one of {', '.join(PSEUDO_LABEL_SETS)}")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"data.limit must be positive or null, got {self.limit}")

@@ -19,6 +19,8 @@ DATASETS = ("voc", "coco", "toy")
 SPLITS = {"voc": ("train", "train_aug", "val"), "coco": ("train", "val"), "toy": ("train", "val")}
 LABEL_SOURCES = ("auto", "xml", "mask")
 IGNORE = 255
+# What `ovss pseudolabel` records beside its PNGs (dataset, split, settings); training sets read it back.
+PSEUDO_LABEL_SETTINGS = "pseudolabel.json"
 
 
 @dataclass(frozen=True)

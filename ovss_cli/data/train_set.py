@@ -12,14 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ovss_cli.data.benchmarks import TRAIN_SETS
-from ovss_cli.errors import OvssError
+from ovss_cli.data.benchmarks import PSEUDO_LABEL_SETS, TRAIN_SETS
+from ovss_cli.errors import OvssError, UsageError
 
 IGNORE_INDEX = 255
 
 
 def train_vocabulary(benchmark: str) -> tuple[str, ...]:
     """Class names of a training set, in label-id order."""
+    if benchmark in PSEUDO_LABEL_SETS:
+        from ovss_cli.data.image_labels import label_set_classes
+
+        return label_set_classes(PSEUDO_LABEL_SETS[benchmark])
     if TRAIN_SETS[benchmark] is None:
         from ovss_cli.data.toy import TOY_CLASSES
 
@@ -31,6 +35,9 @@ def train_vocabulary(benchmark: str) -> tuple[str, ...]:
 
 def check_train_data(cfg) -> None:
     """Fail fast (DatasetMissingError, exit 2) when the training set's folders are missing."""
+    if cfg.benchmark in PSEUDO_LABEL_SETS:
+        pseudo_label_source(cfg)
+        return
     if TRAIN_SETS[cfg.benchmark] is None:
         return
     from ovss_cli.data.benchmarks import get_benchmark, locate
@@ -49,6 +56,48 @@ def check_label_values(label: np.ndarray, num_classes: int, path: Path) -> None:
                         f"value {IGNORE_INDEX}; check that the dataset's class list matches its labels")
 
 
+def pseudo_label_source(cfg) -> dict:
+    """The settings `ovss pseudolabel` recorded in data.pseudo_labels, checked against data.benchmark."""
+    import json
+
+    from ovss_cli.data.image_labels import PSEUDO_LABEL_SETTINGS
+
+    folder = Path(cfg.pseudo_labels).expanduser() if cfg.pseudo_labels else None
+    dataset = PSEUDO_LABEL_SETS[cfg.benchmark]
+    if folder is None or not (folder / PSEUDO_LABEL_SETTINGS).is_file():
+        raise UsageError(f"data.benchmark {cfg.benchmark} trains on pseudo-labels: set data.pseudo_labels to a folder "
+                         f"written by `ovss pseudolabel --dataset {dataset} --out DIR`"
+                         + (f" ({folder} has no {PSEUDO_LABEL_SETTINGS})" if folder is not None else ""))
+    try:
+        settings = json.loads((folder / PSEUDO_LABEL_SETTINGS).read_text())
+    except ValueError as err:
+        raise OvssError(f"{folder / PSEUDO_LABEL_SETTINGS} is corrupt ({err}); re-run ovss pseudolabel") from None
+    if settings.get("dataset") != dataset:
+        raise UsageError(f"{folder} holds pseudo-labels of dataset '{settings.get('dataset')}', but data.benchmark "
+                         f"{cfg.benchmark} trains on '{dataset}'")
+    return settings
+
+
+def pseudo_label_items(cfg, root: Path | None) -> tuple[list, str]:
+    """(image path or toy index, pseudo-label PNG) for every image of the pseudo-labelled split, and the split."""
+    from ovss_cli.data.image_labels import open_image_label_set
+
+    settings = pseudo_label_source(cfg)
+    folder = Path(cfg.pseudo_labels).expanduser()
+    labels = open_image_label_set(settings["dataset"], settings["split"], root, "mask")
+    items, missing = [], 0
+    for index, item in enumerate(labels.items):
+        png = folder / f"{item.image_id}.png"
+        if not png.is_file():
+            missing += 1
+            continue
+        items.append((item.image_path if item.image_path is not None else index, png))
+    if missing:
+        raise UsageError(f"{folder} lacks {missing} of the {len(labels)} pseudo-labels of {settings['dataset']} "
+                         f"{settings['split']}; finish them first (ovss pseudolabel resumes with the same arguments)")
+    return items, settings["split"]
+
+
 class TrainSegmentationSet:
     """Augmented (image, label) samples: {'image': uint8 [3, S, S], 'label': int64 [S, S]} (S = crop_size).
 
@@ -62,7 +111,12 @@ class TrainSegmentationSet:
         self.cfg = cfg
         self.seed = int(seed)
         self.class_names = train_vocabulary(cfg.benchmark)
-        if TRAIN_SETS[cfg.benchmark] is None:
+        self.toy_split = "train"
+        if cfg.benchmark in PSEUDO_LABEL_SETS:
+            needs_root = PSEUDO_LABEL_SETS[cfg.benchmark] != "toy"
+            root = root if root is not None or not needs_root else resolve_data_root(cfg.data_root or None)
+            self.items, self.toy_split = pseudo_label_items(cfg, root)
+        elif TRAIN_SETS[cfg.benchmark] is None:
             from ovss_cli.data.toy import toy_length
 
             self.items: list = list(range(toy_length("train")))
@@ -82,15 +136,17 @@ class TrainSegmentationSet:
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw RGB uint8 [H, W, 3] image and int64 [H, W] label of item `index`."""
+        from ovss_cli.data.io import read_image, read_label
+        from ovss_cli.data.toy import toy_sample
+
         item = self.items[index]
         if isinstance(item, int):
-            from ovss_cli.data.toy import toy_sample
-
             return toy_sample(item, "train")
-        from ovss_cli.data.io import read_image, read_label
 
         image_path, label_path = item
-        image, label = read_image(image_path), read_label(label_path)
+        # a toy image (an index) with its pseudo-label, or a prepared image
+        image = toy_sample(image_path, self.toy_split)[0] if isinstance(image_path, int) else read_image(image_path)
+        label = read_label(label_path)
         if image.shape[:2] != label.shape:
             raise OvssError(f"{image_path} and its label {label_path} differ in size; re-run `ovss prepare`")
         check_label_values(label, len(self.class_names), label_path)

@@ -30,8 +30,10 @@ class OptimConfig:
     """Weight decay of biases; null = same as weight_decay (the official setting)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    schedule: Literal["cosine", "constant"] = "cosine"
-    """Learning-rate decay over train.iterations after the warm-up (cosine goes to 0)."""
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    """Learning-rate decay over train.iterations after the warm-up (cosine and poly go to 0)."""
+    poly_power: float = 0.9
+    """poly: lr x (1 - step / iterations) ** this (WeCLIP / DeepLab: 0.9)."""
     warmup_iters: int = 0
     """Linear warm-up steps from lr x warmup_factor to lr."""
     warmup_factor: float = 0.001
@@ -50,6 +52,8 @@ class OptimConfig:
             raise UsageError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
         if self.warmup_iters < 0 or not 0.0 < self.warmup_factor <= 1.0:
             raise UsageError("optim.warmup_iters must be >= 0 and optim.warmup_factor in (0, 1]")
+        if self.poly_power <= 0:
+            raise UsageError(f"optim.poly_power must be positive, got {self.poly_power}")
         if self.grad_clip < 0:
             raise UsageError(f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.accumulate_steps < 1:

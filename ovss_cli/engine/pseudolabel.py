@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ovss_cli.clip.config import ClipConfig, build_dense_clip
-from ovss_cli.data.image_labels import IGNORE, ImageLabelSet
+from ovss_cli.data.image_labels import IGNORE, PSEUDO_LABEL_SETTINGS, ImageLabelSet
 from ovss_cli.data.io import read_label, write_label
 from ovss_cli.errors import UsageError
 from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
@@ -30,7 +30,7 @@ from ovss_cli.wsss.names import background_words, prompt_names
 from ovss_cli.wsss.vpl import region_embeddings
 from ovss_cli.wsss.writer import is_finished, label_path
 
-SETTINGS_FILE = "pseudolabel.json"
+SETTINGS_FILE = PSEUDO_LABEL_SETTINGS
 
 
 @dataclass

@@ -45,9 +45,16 @@ def micro_batch_size(global_batch: int, world_size: int, accumulate: int) -> int
     return global_batch // parts
 
 
-def lr_factor(step: int, iterations: int, schedule: str, warmup_iters: int, warmup_factor: float) -> float:
-    """Multiplier of the base learning rates after `step` optimizer steps (detectron2's WarmupCosineLR shape)."""
-    decay = 0.5 * (1.0 + math.cos(math.pi * step / iterations)) if schedule == "cosine" else 1.0
+def lr_factor(step: int, iterations: int, schedule: str, warmup_iters: int, warmup_factor: float,
+              poly_power: float = 0.9) -> float:
+    """Multiplier of the base learning rates after `step` optimizer steps (detectron2's WarmupCosineLR shape;
+    poly: (1 - step / iterations) ** poly_power, as WeCLIP and DeepLab)."""
+    if schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * step / iterations))
+    elif schedule == "poly":
+        decay = max(0.0, 1.0 - step / iterations) ** poly_power
+    else:
+        decay = 1.0
     if step < warmup_iters:
         alpha = step / warmup_iters
         return decay * (warmup_factor * (1.0 - alpha) + alpha)
@@ -164,7 +171,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(
             lr_factor, iterations=recipe.train.iterations, schedule=optim.schedule,
-            warmup_iters=optim.warmup_iters, warmup_factor=optim.warmup_factor))
+            warmup_iters=optim.warmup_iters, warmup_factor=optim.warmup_factor, poly_power=optim.poly_power))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16-mixed")
 
     def _resume_point(self, resume: str | None) -> Path | None:

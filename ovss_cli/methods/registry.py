@@ -28,12 +28,26 @@ def _build_infoclip(recipe, pretrained: bool):
     return build_infoclip(recipe, pretrained=pretrained)
 
 
+def _build_vpl(recipe, pretrained: bool):
+    from ovss_cli.methods.vpl import build_vpl
+
+    return build_vpl(recipe, pretrained=pretrained)
+
+
+def _prepare_vpl(recipe, model) -> None:
+    from ovss_cli.methods.vpl import load_training_prototypes
+
+    load_training_prototypes(recipe, model)
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     build: Callable  # (recipe, pretrained: bool) -> model
     sections: tuple[str, ...]  # recipe sections this method reads beyond the common ones
     summary: str
     distills: bool = False  # trained with `ovss distill`: a frozen teacher guides the student
+    checkpoint_holds_clip: bool = True  # False: checkpoints keep only what trains; loading builds the pretrained CLIP
+    prepare_training: Callable | None = None  # (recipe, model): inputs read once before training (checkpoints keep them)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -41,6 +55,9 @@ METHODS: dict[str, MethodSpec] = {
                          "CAT-Seg cost aggregation on CLIP; with finetune.mode hclip it is H-CLIP"),
     "infoclip": MethodSpec(_build_infoclip, ("finetune", "decoder", "loss", "infoclip"),
                            "InfoCLIP: CAT-Seg distilled from the frozen pretrained CLIP", distills=True),
+    "vpl": MethodSpec(_build_vpl, ("clip_es", "prototypes", "vpl"),
+                      "VPL (WSSS): a decoder on frozen CLIP trained from pseudo-labels with regional semantic contrast",
+                      checkpoint_holds_clip=False, prepare_training=_prepare_vpl),
 }
 
 

@@ -102,3 +102,30 @@ def error_line(output: str) -> str:
     assert len(lines) == 1 and "Traceback" not in output, output
     return lines[0]
 
+
+VOC_NAMES = ["background", "aeroplane", "bicycle", "bird"]
+
+
+def write_voc(root, count=3, split_ids=None):
+    """A tiny VOC 2012 in the prepared layout: JPEGImages, Annotations, SegmentationClassAug, split lists."""
+    import cv2
+
+    voc = root / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "Annotations", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ids = [f"2007_{i:06d}" for i in range(count)]
+    for i, image_id in enumerate(ids):
+        label = np.zeros((48, 64), np.uint8)
+        label[8:30, 10:40] = 1 + i % 3
+        label[32:44, 44:60] = 3
+        label[7, 10:40] = 255
+        colours = np.array([[40, 120, 200], [220, 40, 40], [40, 200, 60], [230, 220, 30]])
+        image = colours[np.minimum(label, 3)] + rng.normal(0, 3, (48, 64, 3))
+        cv2.imwrite(str(voc / "JPEGImages" / f"{image_id}.jpg"), np.clip(image, 0, 255).astype(np.uint8)[..., ::-1])
+        cv2.imwrite(str(voc / "SegmentationClassAug" / f"{image_id}.png"), label)
+        objects = "".join(f"<object><name>{VOC_NAMES[c]}</name></object>" for c in (1 + i % 3, 3, 3))
+        (voc / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{objects}</annotation>")
+    for split in ("train", "train_aug", "val"):
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(split_ids or ids) + "\n")
+    return ids

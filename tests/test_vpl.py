@@ -165,6 +165,19 @@ def test_a_checkpoint_holds_the_decoder_and_prototypes_and_refuses_another_clip(
         load_segmenter(copy / result.checkpoint.name)
 
 
+def test_a_vpl_run_resumes_to_the_same_decoder(trained, tmp_path):
+    trainer, _, result, base = trained
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for path in (base / "run" / "checkpoints").glob("step_00000003*"):
+        shutil.copy(path, run / "checkpoints" / path.name)
+    model = build_model(trainer.recipe)  # prototypes left at zero: the checkpoint brings them back
+    resumed = Trainer(trainer.recipe, model, DistInfo(), run).fit(resume="auto")
+    assert resumed.step == 6
+    expected, got = load_file(str(result.checkpoint)), load_file(str(resumed.checkpoint))
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
 @pytest.mark.parametrize("fmt", ["open_clip", "onnx"])
 def test_export_of_a_vpl_checkpoint_scores_like_the_checkpoint(trained, tmp_path, fmt):
     _, _, result, _ = trained

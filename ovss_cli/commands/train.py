@@ -128,7 +128,9 @@ def describe(recipe) -> None:
         total += count
         table.add_row(group["name"], str(len(group["params"])), f"{count:,}", f"{group['lr']:.3g}",
                       f"{group['weight_decay']:.3g}")
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    # a frozen CLIP held outside the module tree (method vpl) counts as frozen too
+    every = {id(p): p for p in [*model.parameters(), *model.dense.parameters()]}
+    frozen = sum(p.numel() for p in every.values() if not p.requires_grad)
     table.add_row("total trainable", "", f"{total:,}", "", "")
     table.add_row("frozen", "", f"{frozen:,}", "", "")
     console = Console()

@@ -14,15 +14,15 @@ from ovss_cli.cli import friendly_errors
 from ovss_cli.clip.dense import resize_pos_embed
 from ovss_cli.clip.zoo import create_clip
 from ovss_cli.commands import wsss as wsss_commands
+from ovss_cli.data.image_labels import mask_labels, open_image_label_set
 from ovss_cli.data.io import write_label
 from ovss_cli.errors import OvssError
 from ovss_cli.fileio import TEMP_MARK, remove_temporaries, temporary_path
 from ovss_cli.wsss.clip_es import ClipEsCams, pseudo_label
-from ovss_cli.wsss.config import ClipEsConfig
-from ovss_cli.wsss.names import background_words, prompt_names
 from ovss_cli.wsss.clip_features import ClipEsBackbone, block_after_ln1
-from ovss_cli.data.image_labels import mask_labels, open_image_label_set
+from ovss_cli.wsss.config import ClipEsConfig
 from ovss_cli.wsss.gradcam import gradcam_map, softmax_scores
+from ovss_cli.wsss.names import background_words, prompt_names
 from ovss_cli.wsss.writer import is_finished, label_path
 from tests.helpers import reference_miou, write_voc
 

@@ -6,7 +6,8 @@ decoder, the prototypes and a fingerprint of the CLIP it was trained on), in no 
 its features are computed under torch.no_grad. Loading rebuilds the recipe's pretrained CLIP and
 refuses one whose fingerprint differs. Training: `model(batch)` -> {'loss', 'ce', 'rsc'} for
 {'image': uint8 [B, 3, S, S], 'label': [B, S, S]} (0 background, 1..K, 255 ignore).
-Evaluation: the Segmenter protocol over the classes it was trained on.
+Evaluation: the Segmenter protocol (window / image_norm / set_vocabulary / scores) over the classes it
+was trained on.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from ovss_cli.clip.config import build_dense_clip
 from ovss_cli.clip.dense import DenseCLIP
 from ovss_cli.data.benchmarks import PSEUDO_LABEL_SETS
 from ovss_cli.data.train_set import train_vocabulary
-from ovss_cli.data.transforms import normalize
 from ovss_cli.decoder.fusion import FusionDecoder
 from ovss_cli.errors import OvssError, UsageError
 from ovss_cli.losses.rsc import label_regions, rsc_loss
@@ -94,7 +94,7 @@ class VplModel(nn.Module):
 
     def training_loss(self, batch: dict) -> dict[str, torch.Tensor]:
         labels = batch["label"].long()
-        logits, features = self.decoder(self._clip_features(normalize(batch["image"].float())))
+        logits, features = self.decoder(self._clip_features(self.dense.norm.normalize(batch["image"].float())))
         logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         valid = labels != IGNORE_INDEX
         per_pixel = F.cross_entropy(logits, torch.where(valid, labels, 0), reduction="none")
@@ -130,6 +130,10 @@ class VplModel(nn.Module):
         """Nothing to recompute: the frozen CLIP keeps no activations for the backward pass."""
 
     # ----------------------------------------------------------------- Segmenter protocol
+    @property
+    def image_norm(self):
+        return self.dense.norm
+
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
         unknown = [name for name in class_names if name not in self.train_classes]
         if unknown:
@@ -150,10 +154,7 @@ class VplModel(nn.Module):
 
 def build_vpl(recipe, pretrained: bool = True) -> VplModel:
     """The vpl model of a recipe (CPU, training mode); pretrained=False: random CLIP weights (dry runs, exports)."""
-    import dataclasses
-
-    clip_cfg = recipe.clip if pretrained else dataclasses.replace(recipe.clip, pretrained="")
-    dense, _ = build_dense_clip(clip_cfg)
+    dense, _ = build_dense_clip(recipe.clip, load_weights=pretrained)
     if recipe.data.benchmark not in PSEUDO_LABEL_SETS:
         raise UsageError(f"method vpl trains on pseudo-labels: data.benchmark must be one of "
                          f"{', '.join(PSEUDO_LABEL_SETS)}, not '{recipe.data.benchmark}'")

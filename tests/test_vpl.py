@@ -29,6 +29,7 @@ from ovss_cli.methods.registry import build_model
 from ovss_cli.recipes import load_recipe
 from ovss_cli.runtime.distributed import DistInfo
 from ovss_cli.runtime.seeding import seed_everything
+from ovss_cli.wsss.prototype_store import clip_identity
 from tests.helpers import write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def prototypes_file(path: Path, recipe) -> Path:
     from ovss_cli.wsss.prototype_store import clip_identity, save_prototypes
 
     vectors = F.normalize(torch.randn(5, 32, generator=torch.Generator().manual_seed(3)), dim=-1)
-    save_prototypes(path, vectors, vectors.clone(), {"clip_identity": clip_identity(recipe.clip.name, recipe.clip.pretrained),
+    save_prototypes(path, vectors, vectors.clone(), {"clip_identity": clip_identity(recipe.clip),
                                              "class_names": list(prompt_names("toy"))})
     return path
 
@@ -275,3 +276,11 @@ def test_the_chain_prototypes_pseudolabel_train_evaluate_on_voc_format_data(tmp_
     after = evaluate_dataset(load_segmenter(run), target, "whole", DistInfo(), show_progress=False)["mIoU"]
     print(f"agreement with the pseudo-labels (mIoU): untrained {before:.1f}, trained {after:.1f}")
     assert after > before + 10, (before, after)
+
+
+def test_prototypes_name_the_activation_of_the_clip_they_were_learnt_with():
+    from ovss_cli.clip.config import ClipConfig
+
+    auto = clip_identity(ClipConfig(name="ViT-B-16", pretrained="openai"))
+    gelu = clip_identity(ClipConfig(name="ViT-B-16", pretrained="openai", quick_gelu=False))
+    assert auto == "ViT-B-16|openai|quick_gelu=auto" and gelu != auto  # same weights, another network

@@ -204,7 +204,7 @@ def test_prototypes_then_vpl_pseudolabels_resume(tmp_path, app):
                                  "--steps", "30", "--out", str(prototypes)])
     assert result.exit_code == 0, result.output
     sidecar = json.loads(prototypes.with_suffix(".json").read_text())
-    assert sidecar["clip_identity"] == "ovss-tiny|random" and sidecar["class_names"] == list(prompt_names("toy"))
+    assert sidecar["clip_identity"] == "ovss-tiny|random|quick_gelu=auto" and sidecar["class_names"] == list(prompt_names("toy"))
     assert sidecar["vpl"]["steps"] == 30 and sidecar["regions"] >= 3
     from safetensors.torch import load_file
 

@@ -149,7 +149,7 @@ def pseudolabel(
     from ovss_cli.wsss.names import prompt_names
     from ovss_cli.wsss.prototype_store import clip_identity, load_prototypes
 
-    identity = clip_identity(parsed.clip.name, parsed.clip.pretrained)
+    identity = clip_identity(parsed.clip)
     vision = load_prototypes(prototypes, identity, prompt_names(dataset))[0] if prototypes is not None else None
     settings = {"method": method, "dataset": dataset, "split": split, "image_labels": data.label_source,
                 "clip": identity, "templates": parsed.clip.templates,
@@ -269,7 +269,7 @@ def prototypes(
             raise OvssError(f"no region embeddings in {dataset} {split}: no image has a present class")
         text = cams.foreground
         vision, stats = learn_prototypes(features.to(text.device), labels.to(text.device), text, vpl_config)
-        metadata = {"clip_identity": clip_identity(parsed.clip.name, parsed.clip.pretrained),
+        metadata = {"clip_identity": clip_identity(parsed.clip),
                     "clip_model": parsed.clip.name, "pretrained": parsed.clip.pretrained, "dataset": dataset,
                     "split": split, "images": len(data), "image_labels": data.label_source,
                     "class_names": list(prompt_names(dataset)), "vpl": vpl_config.as_dict(),

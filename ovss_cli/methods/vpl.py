@@ -169,7 +169,7 @@ def load_training_prototypes(recipe, model: VplModel) -> None:
         raise UsageError("vpl.rsc_weight > 0 needs the vision prototypes: pass --prototypes FILE (written by "
                          "`ovss prototypes`) or set vpl.prototypes, or train without RSC: vpl.rsc_weight=0")
     dataset = PSEUDO_LABEL_SETS[recipe.data.benchmark]
-    identity = clip_identity(recipe.clip.name, recipe.clip.pretrained)
+    identity = clip_identity(recipe.clip)
     prototypes, _ = load_prototypes(Path(recipe.vpl.prototypes).expanduser(), identity, prompt_names(dataset))
     with torch.no_grad():
         model.prototypes.copy_(prototypes.to(model.prototypes))

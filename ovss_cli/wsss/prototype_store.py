@@ -20,14 +20,19 @@ from ovss_cli.textutil import first_line
 FORMAT = "ovss-vpl-prototypes"
 
 
-def clip_identity(clip_name: str, pretrained: str | None) -> str:
-    """'<model>|<tag>', '<model>|<file name>:<size>' for a local file, '<model>|random' without weights."""
+def clip_identity(clip) -> str:
+    """Which CLIP a `clip:` section builds: '<model>|<tag>', '<model>|<file name>:<size>' for a local file,
+    '<model>|random' without weights; then the activation rule (the same weights under another activation
+    are another network)."""
+    pretrained = clip.pretrained
     if not pretrained:
-        return f"{clip_name}|random"
-    path = Path(pretrained).expanduser()
-    if path.is_file():
-        return f"{clip_name}|{path.name}:{path.stat().st_size}"
-    return f"{clip_name}|{pretrained}"
+        weights = "random"
+    elif Path(pretrained).expanduser().is_file():
+        path = Path(pretrained).expanduser()
+        weights = f"{path.name}:{path.stat().st_size}"
+    else:
+        weights = pretrained
+    return f"{clip.name}|{weights}|quick_gelu={str(clip.quick_gelu).lower()}"
 
 
 def sidecar_path(path: Path) -> Path:

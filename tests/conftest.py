@@ -15,3 +15,12 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    """`evaluate` and `predict` segment with the per-pixel oracle of tests.helpers instead of a model."""
+    from ovss_cli.commands import common
+    from tests.helpers import PixelOracle
+
+    monkeypatch.setattr(common, "build_segmenter", lambda *args, **kwargs: PixelOracle(window=64))

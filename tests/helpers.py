@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
+import tifffile
 import torch
 
 from ovss_cli.clip.norm import ImageNorm
@@ -129,3 +131,27 @@ def write_voc(root, count=3, split_ids=None):
     for split in ("train", "train_aug", "val"):
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(split_ids or ids) + "\n")
     return ids
+
+
+def write_jpeg_exact(path, image):
+    # JPEG is lossy; the oracle needs exact pixels, so store PNG bytes under the .jpg name (cv2 sniffs content).
+    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.tobytes())
+
+
+def make_ade847(root, rng, count=3):
+    preds, gts = [], []
+    for i in range(count):
+        gt = rng.integers(0, 847, size=(64, 64)).astype(np.uint16)
+        gt[:, :20] = rng.integers(300, 310, size=(64, 20))
+        gt[rng.random(gt.shape) < 0.05] = 65535
+        pred = np.where(rng.random(gt.shape) < 0.7, gt, rng.integers(0, 847, size=gt.shape)).astype(np.int64)
+        pred[pred == 65535] = 3
+        name = f"ADE_frame_{i:08d}"
+        tifffile.imwrite(root / "ADE20K_2021_17_01/annotations_detectron2/validation" / f"{name}.tif", gt)
+        write_jpeg_exact(root / "ADE20K_2021_17_01/images_detectron2/validation" / f"{name}.jpg",
+                         encode_classes_as_pixels(pred))
+        preds.append(pred)
+        gts.append(gt.astype(np.int64))
+    return np.stack(preds), np.stack(gts)

@@ -23,6 +23,7 @@ def evaluate(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Prepared datasets [default: $OVSS_DATASETS, $DETECTRON2_DATASETS, ./datasets]."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N images of each benchmark (quick checks)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write all metrics (incl. per-class IoU) to this JSON file."),
+    save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for each image's <name>_label.png (palette PNG of the predicted ids) and <name>_overlay.png (with its legend), one subfolder per benchmark."),
     gpus: int = typer.Option(1, "--gpus", min=1, help="Processes (GPUs) on this machine; images are sharded, the confusion matrix all-reduced."),
     precision: str = common.PrecisionOption,
     device: str = common.DeviceOption,
@@ -52,13 +53,17 @@ def evaluate(
         precision = resolve_precision(precision, dist.device)
         segmenter = common.build_segmenter(checkpoint, clip_model, pretrained, image_size, templates, dist.device,
                                            tiny_default=all(n == TOY for n in names))
-        results = {ds.name: evaluate_dataset(segmenter, ds, mode, dist, precision) for ds in datasets}
+        results = {ds.name: evaluate_dataset(segmenter, ds, mode, dist, precision,
+                                             save_dir=save_predictions / ds.name if save_predictions else None)
+                   for ds in datasets}
         if dist.is_main:
             print_table(results, datasets)
             if out is not None:
                 payload = {"checkpoint": str(checkpoint) if checkpoint else None, "mode": mode, "results": results}
                 write_json(out, payload)
                 typer.echo(f"wrote {out}")
+            if save_predictions is not None:
+                typer.echo(f"wrote label maps and overlays to {save_predictions}")
     finally:
         shutdown_distributed()
 

@@ -60,11 +60,11 @@ def predict(
     image_size: Optional[int] = common.ImageSizeOption,
     templates: str = common.TemplatesOption,
     mode: str = common.ModeOption,
-    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder: <name>_label.png, <name>_overlay.png, <name>_legend.png per image."),
+    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder: <name>_label.png (palette PNG of class ids; uint16 over 255 classes) and <name>_overlay.png (with its legend) per image."),
     precision: str = common.PrecisionOption,
     device: str = common.DeviceOption,
 ) -> None:
-    """Segment images with free-text classes; writes a label map, a colour overlay and a legend per image.
+    """Segment images with free-text classes; writes a label map (a palette PNG: coloured in any viewer, class ids when read with PIL) and a colour overlay with the legend of the classes present.
 
     Example: ovss predict photos/ --classes "cat, grass, sky" --checkpoint runs/hclip/20260101-120000 --out seg/
     """
@@ -81,10 +81,10 @@ def predict(
     import numpy as np
     import torch
 
-    from ovss_cli.data.io import read_image, write_png
+    from ovss_cli.data.io import read_image
     from ovss_cli.runtime.precision import autocast, resolve_precision
     from ovss_cli.evaluate.inference import predict_scores
-    from ovss_cli.evaluate.visualize import legend, overlay, palette
+    from ovss_cli.evaluate.visualize import palette, write_label_and_overlay
     from ovss_cli.progress import track
 
     device = common.resolve_device(device)
@@ -103,10 +103,7 @@ def predict(
                                     image.shape[:2])
         label = scores.argmax(dim=0).cpu().numpy()
         present = [int(i) for i in np.unique(label)]
-        dtype = np.uint8 if len(names) <= 256 else np.uint16
-        write_png(out / f"{path.stem}_label.png", label.astype(dtype))
-        write_png(out / f"{path.stem}_overlay.png", overlay(image, label, colours))
-        write_png(out / f"{path.stem}_legend.png", legend(names, present, colours))
+        write_label_and_overlay(out / path.stem, image, label, names, colours)
         index[path.stem] = {names[i]: float((label == i).mean()) for i in present}
     write_json(out / "classes.json", {"classes": names, "area_fraction": index})
     typer.echo(f"wrote {len(images)} predictions to {out}")

@@ -112,7 +112,7 @@ def pseudolabel(
 ) -> None:
     """Make pseudo-labels from image-level labels with CLIP-ES (or CLIP-ES + VPL prototypes) and score them.
 
-    Writes palette-free uint8 PNGs (0 background, 1..K classes, 255 ignore) to --out, then prints their mIoU against the ground truth when the split has it, and the `ovss train` line that trains the decoder on them. Published numbers are on VOC train (1,464 images); train_aug scores lower and is not comparable.
+    Writes palette PNGs of the ids (0 background, 1..K classes, 255 ignore; VOC colours in a viewer, ids with PIL) to --out, then prints their mIoU against the ground truth when the split has it, and the `ovss train` line that trains the decoder on them. Published numbers are on VOC train (1,464 images); train_aug scores lower and is not comparable.
 
     With --crf the mIoU counts labelled pixels only; --confidence 0 gives the plain CRF argmax that papers score (CLIP-ES: 75.0 on VOC train).
 

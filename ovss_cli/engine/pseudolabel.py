@@ -98,7 +98,7 @@ def generate_pseudolabels(dataset: ImageLabelSet, cams: ClipEsCams, out_dir: Pat
             image = dataset.image(index)
             keys = dataset.image_labels(index)
             label = pseudo_label(cams(image, keys).cams, keys, image, cams.config)
-            write_label(label_path(out_dir, image_id), label)
+            write_label_png(label_path(out_dir, image_id), label, num_classes=255)  # palette PNG of the ids
             counts[1] += 1
         counts[0] += 1
         truth = dataset.ground_truth(index)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 
+from ovss_cli.data.io import read_indexed_png  # noqa: F401  (the converters' reader of label PNGs)
 from ovss_cli.errors import OvssError
 from ovss_cli.fileio import atomic_path, remove_temporaries
 
@@ -36,16 +36,6 @@ def link_or_copy(source: Path, target: Path) -> None:
 def list_files(folder: Path, suffix: str) -> list[Path]:
     """Sorted files of `folder` ending in `suffix`, without hidden ones (our temporary files are hidden)."""
     return sorted(path for path in folder.glob(f"*{suffix}") if not path.name.startswith("."))
-
-
-def read_indexed_png(path: Path) -> np.ndarray:
-    """Class indices of a PNG: palette PNGs (VOC's SegmentationClass) give their indices, not colours."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L", "I", "I;16"):
-            raise OvssError(f"{path} is a {image.mode} image; expected a single-channel or palette label PNG")
-        return np.array(image)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Where pseudo-labels go, so that a run can be stopped and resumed at any time.
 
-Each label is written atomically (`data.io.write_label`) onto `<id>.png`: a file with the final
+Each label is written atomically as a palette PNG (`data.io.write_label_png`) onto `<id>.png`: a file with the final
 name is always complete, so a resumed run skips exactly the finished images. Temporaries left
 by a killed run never match `<id>.png` and are removed at the next start (`fileio.remove_temporaries`).
 """

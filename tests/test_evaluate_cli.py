@@ -146,7 +146,7 @@ def test_two_process_evaluation_matches_one_process(tmp_path):
     for gpus in (1, 2):
         out = tmp_path / f"res{gpus}.json"
         done = subprocess.run([sys.executable, "-m", "ovss_cli", "evaluate", "--bench", "toy", "--limit", "5",
-                               "--gpus", str(gpus), "--out", str(out), "--device", "cpu"],
+                               "--nproc", str(gpus), "--out", str(out), "--device", "cpu"],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         outputs[gpus] = json.loads(out.read_text())["results"]["toy"]

@@ -82,7 +82,7 @@ def test_only_the_intended_parameters_change(reference):
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(reference, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "ovss_cli", "train", str(QUICKSTART), *TINY, "--gpus", "2",
+    done = subprocess.run([sys.executable, "-m", "ovss_cli", "train", str(QUICKSTART), *TINY, "--nproc", "2",
                            "--output", str(run)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     single, double = weights(reference, 6), weights(run, 6)

@@ -283,10 +283,10 @@ def test_two_gloo_ranks_shard_images_and_reduce_scores(tmp_path, app):
 
     common = ["--dataset", "toy", "--limit", "3", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # The real launch path: --gpus 2 relaunches the command under torchrun with 2 gloo ranks.
+    # The real launch path: --nproc 2 relaunches the command under torchrun with 2 gloo ranks.
     for args in (["prototypes", *common, "--split", "train", "--steps", "5", "--out", str(tmp_path / "p2.safetensors")],
                  ["pseudolabel", *common, "--split", "val", "--no-crf", "--out", str(tmp_path / "two")]):
-        done = subprocess.run([sys.executable, "-m", "ovss_cli", *args, "--gpus", "2"], env=env, cwd=tmp_path,
+        done = subprocess.run([sys.executable, "-m", "ovss_cli", *args, "--nproc", "2"], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     single = runner.invoke(app, ["pseudolabel", *common, "--split", "val", "--no-crf", "--out", str(tmp_path / "one")])

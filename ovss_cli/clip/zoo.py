@@ -74,12 +74,7 @@ def create_clip(name: str, pretrained: str | None = None, random_init_seed: int 
     A tag that is not in the local cache fails at once (no network retries) with a message
     saying how to pass a local file instead.
     """
-    import open_clip
-
-    register_ovss_configs()
-    if name not in open_clip.list_models():
-        raise UsageError(f"unknown CLIP model '{name}'{did_you_mean(name, open_clip.list_models())}; "
-                         "see open_clip.list_models()")
+    _check_model_name(name)
     if quick_gelu not in ("auto", True, False):
         raise UsageError(f"clip.quick_gelu must be auto, true or false, got {quick_gelu!r}")
     overrides = {key: value for key, value in (norm or {}).items() if value is not None}
@@ -163,27 +158,72 @@ def _tag_config(name: str, tag: str) -> dict:
     return get_pretrained_cfg(name, tag)
 
 
-def _download(name: str, tag: str, tag_cfg: dict) -> Path:
-    """The local file of a pretrained tag: the cache first (no network, no retries), else a download."""
+# How to pass a weights file: an option of evaluate/predict/WSSS, a recipe key of train ({name} is filled in).
+GENERIC_WEIGHTS_HINT = "--pretrained /path/to/{name}.pt (in a recipe: clip.pretrained=/path/to/{name}.pt)"
+RECIPE_WEIGHTS_HINT = "clip.pretrained=/path/to/{name}.pt"
+
+
+def _check_model_name(name: str) -> None:
+    import open_clip
+
+    register_ovss_configs()
+    if name not in open_clip.list_models():
+        raise UsageError(f"unknown CLIP model '{name}'{did_you_mean(name, open_clip.list_models())}; "
+                         "see open_clip.list_models()")
+
+
+def _cached(tag_cfg: dict) -> Path | None:
+    """The cached file of a pretrained tag, found without network (None when it is not there)."""
     from open_clip.pretrained import download_pretrained
 
     try:
         with _hub_offline(True), _quiet_root_logger(logging.CRITICAL):
-            return Path(download_pretrained(tag_cfg))
+            found = download_pretrained(tag_cfg)
     except Exception:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or not _hub_reachable():
-        raise OvssError(
-            f"CLIP weights '{name}/{tag}' are not in the local cache and cannot be downloaded "
-            f"(offline); download them once elsewhere and pass the file: --pretrained /path/to/{name}.pt "
-            f"(in a recipe: clip.pretrained=/path/to/{name}.pt)"
-        )
+        return None
+    return Path(found) if found else None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or not _hub_reachable()
+
+
+def _offline_error(name: str, tag: str, hint: str) -> OvssError:
+    return OvssError(f"CLIP weights '{name}/{tag}' are not in the local cache and cannot be downloaded "
+                     f"(offline); download them once elsewhere and pass the file: {hint.format(name=name)}")
+
+
+def check_clip_weights(name: str, pretrained: str | None, hint: str = GENERIC_WEIGHTS_HINT) -> None:
+    """Fail before any model is built or process launched when `name`/`pretrained` cannot be had: an
+    unknown model or tag, a missing file, or a tag neither cached nor downloadable. `hint` says how
+    the command at hand takes a file instead."""
+    _check_model_name(name)
+    if not pretrained:
+        return
+    if is_local_weights(pretrained):
+        if not Path(pretrained).expanduser().exists():
+            raise OvssError(f"CLIP weights file not found: {Path(pretrained).expanduser()}")
+        return
+    tag_cfg = _tag_config(name, pretrained)
+    if tag_cfg.get("hf_hub") and _cached(tag_cfg) is None and _offline():  # a plain URL: only a download can tell
+        raise _offline_error(name, pretrained, hint)
+
+
+def _download(name: str, tag: str, tag_cfg: dict) -> Path:
+    """The local file of a pretrained tag: the cache first (no network, no retries), else a download."""
+    from open_clip.pretrained import download_pretrained
+
+    cached = _cached(tag_cfg)
+    if cached is not None:
+        return cached
+    if _offline():
+        raise _offline_error(name, tag, GENERIC_WEIGHTS_HINT)
     try:
         return Path(download_pretrained(tag_cfg))
     except Exception as err:
         raise OvssError(
             f"downloading CLIP weights '{name}/{tag}' failed ({first_line(err)}); "
-            f"pass a local file instead: --pretrained /path/to/{name}.pt (in a recipe: clip.pretrained=...)"
+            f"pass a local file instead: {GENERIC_WEIGHTS_HINT.format(name=name)}"
         ) from err
 
 

@@ -140,7 +140,7 @@ def benchmark_train(
     overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.precision=fp16-mixed."),
     steps: int = typer.Option(10, "--steps", min=1, help="Timed steps."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed warm-up steps first."),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Images per step [default: the recipe's data.batch_size]."),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Images per step.", show_default="the recipe's data.batch_size"),
     device: str = common.DeviceOption,
 ) -> None:
     """Training speed (img/s, ms/step, peak memory) of a recipe's full step vs. its CLIP image encoder alone.

@@ -20,11 +20,12 @@ def evaluate(
     image_size: Optional[int] = common.ImageSizeOption,
     templates: str = common.TemplatesOption,
     mode: str = common.ModeOption,
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Prepared datasets [default: $OVSS_DATASETS, $DETECTRON2_DATASETS, ./datasets]."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Prepared datasets.", show_default="$OVSS_DATASETS, $DETECTRON2_DATASETS, ./datasets"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N images of each benchmark (quick checks)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write all metrics (incl. per-class IoU) to this JSON file."),
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for each image's <name>_label.png (palette PNG of the predicted ids) and <name>_overlay.png (with its legend), one subfolder per benchmark."),
-    gpus: int = typer.Option(1, "--gpus", min=1, help="Processes (GPUs) on this machine; images are sharded, the confusion matrix all-reduced."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs (one process each) on this machine; images are sharded, the confusion matrix all-reduced."),
+    nproc: Optional[int] = common.NprocOption,
     precision: str = common.PrecisionOption,
     device: str = common.DeviceOption,
 ) -> None:
@@ -35,24 +36,31 @@ def evaluate(
     Example: ovss evaluate --bench ade847 --bench pc459 --checkpoint runs/hclip/20260101-120000 --gpus 4
     """
     from ovss_cli.data.benchmarks import TOY, expand_benchmarks
-    from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
+    from ovss_cli.runtime.distributed import (check_process_options, init_distributed, process_device,
+                                              relaunch_if_needed, shutdown_distributed)
 
     common.check_mode(mode)
+    check_process_options(gpus, nproc)
+    device = process_device(device, nproc)
     names = expand_benchmarks(list(bench))
-    if relaunch_if_needed(gpus):
-        return
+    tiny = all(n == TOY for n in names)
     from ovss_cli.data.dataset import SegmentationSet
     from ovss_cli.data.root import resolve_data_root
+
+    # Data, weights and devices fail here, once, not once per rank after the relaunch.
+    root = resolve_data_root(data_root)
+    datasets = [SegmentationSet(name, root, limit) for name in names]
+    common.check_model_source(checkpoint, clip_model, pretrained, tiny)
+    if relaunch_if_needed(gpus, nproc=nproc):
+        return
     from ovss_cli.runtime.precision import resolve_precision
     from ovss_cli.evaluate.runner import evaluate_dataset
 
-    root = resolve_data_root(data_root)
-    datasets = [SegmentationSet(name, root, limit) for name in names]  # fail on a missing folder before loading a model
     dist = init_distributed(common.resolve_device(device))
     try:
         precision = resolve_precision(precision, dist.device)
         segmenter = common.build_segmenter(checkpoint, clip_model, pretrained, image_size, templates, dist.device,
-                                           tiny_default=all(n == TOY for n in names))
+                                           tiny_default=tiny)
         results = {ds.name: evaluate_dataset(segmenter, ds, mode, dist, precision,
                                              save_dir=save_predictions / ds.name if save_predictions else None)
                    for ds in datasets}

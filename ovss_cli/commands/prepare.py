@@ -13,8 +13,8 @@ DATASET_NAMES = "coco-stuff, ade20k, ade20k-full, pascal-context, voc, coco-2014
 
 def prepare(
     dataset: str = typer.Argument(..., help=f"Dataset to prepare: {DATASET_NAMES}."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where prepared datasets live (default: $OVSS_DATASETS, else $DETECTRON2_DATASETS, else ./datasets)."),
-    source: Optional[Path] = typer.Option(None, "--from", help="Folder holding the official archives or their extracted folders (default: <data-root>/downloads)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where prepared datasets live.", show_default="$OVSS_DATASETS, else $DETECTRON2_DATASETS, else ./datasets"),
+    source: Optional[Path] = typer.Option(None, "--from", help="Folder holding the official archives or their extracted folders.", show_default="<data-root>/downloads"),
     download: bool = typer.Option(False, "--download", help="Download missing archives from the official URLs (resumable, checksum-verified)."),
     workers: int = typer.Option(min(8, os.cpu_count() or 1), "--workers", "-j", min=1, help="Parallel worker processes for the conversion."),
     verify: bool = typer.Option(False, "--verify", help="Only check an existing prepared folder: files present, label values in range, image/label pairs match."),

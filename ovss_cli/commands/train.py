@@ -12,22 +12,27 @@ import typer
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/catseg_vitb.yaml."),
     overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides, e.g. optim.lr=1e-4 train.iterations=2000."),
-    gpus: int = typer.Option(1, "--gpus", min=1, help="Processes (GPUs) per machine; >1 relaunches through torchrun."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs (one process each) per machine; >1 relaunches through torchrun."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="CPU processes (gloo) per machine instead of GPUs, e.g. to test multi-process runs without a GPU."),
     nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines taking part in the job."),
     node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's index among --nnodes."),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Address of the node with --node-rank 0."),
     master_port: int = typer.Option(29500, "--master-port", help="Free TCP port on the master node."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'auto': continue the newest run of this recipe (or --output) from its latest checkpoint, if any; or a checkpoint file / run folder."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/<recipe name>/<timestamp>]."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Prepared datasets (same as data.data_root=...) [default: $OVSS_DATASETS, $DETECTRON2_DATASETS, ./datasets]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder.", show_default="runs/<recipe name>/<timestamp>"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Prepared datasets (same as data.data_root=...).", show_default="$OVSS_DATASETS, $DETECTRON2_DATASETS, ./datasets"),
     prototypes: Optional[Path] = typer.Option(None, "--prototypes", help="method vpl: vision prototypes from `ovss prototypes` (same as vpl.prototypes=FILE)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the recipe, build the model (random weights), print trainable parameters per group and the resolved recipe; train nothing."),
 ) -> None:
     """Train a model described by a recipe; checkpoints, metrics.jsonl and the resolved recipe go to the run folder.
 
+    RECIPE is a YAML file or the name of a shipped recipe (`ovss recipes` lists them).
+
     Example: ovss train recipes/catseg_vitb.yaml train.iterations=20000 --gpus 4 --resume auto
     """
     from ovss_cli.recipes import load_recipe
+
+    from ovss_cli.runtime.distributed import check_process_options, process_device
 
     overrides = list(overrides or [])
     if data_root is not None:
@@ -35,16 +40,21 @@ def train(
     if prototypes is not None:
         overrides.append(f"vpl.prototypes={prototypes}")
     parsed = load_recipe(recipe, overrides)  # validated before any heavy work or relaunch
+    check_process_options(gpus, nproc)
+    device = process_device(parsed.train.device, nproc)
     if dry_run:
         describe(parsed)
         return
+    from ovss_cli.clip.zoo import RECIPE_WEIGHTS_HINT, check_clip_weights
     from ovss_cli.data.train_set import check_train_data
     from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
 
-    check_train_data(parsed.data)  # a missing dataset fails here, not once per rank
-    if relaunch_if_needed(gpus, nnodes, node_rank, master_addr, master_port):
+    # Data, weights and devices fail here, once, not once per rank after the relaunch.
+    check_train_data(parsed.data)
+    check_clip_weights(parsed.clip.name, parsed.clip.pretrained, hint=RECIPE_WEIGHTS_HINT)
+    if relaunch_if_needed(gpus, nnodes, node_rank, master_addr, master_port, nproc):
         return
-    dist = init_distributed(parsed.train.device)
+    dist = init_distributed(device)
     try:
         if parsed.train.device == "cuda" and not dist.device.startswith("cuda"):
             from ovss_cli.errors import UsageError

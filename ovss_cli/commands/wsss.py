@@ -15,14 +15,14 @@ from ovss_cli.commands import common
 from ovss_cli.fileio import write_json
 
 RecipeOption = typer.Option(None, "--recipe", help="vpl recipe whose clip:, clip_es: and prototypes: sections give the settings (e.g. recipes/vpl_voc.yaml); flags override single keys. Default: built-in defaults for --dataset.")
-DatasetOption = typer.Option(None, "--dataset", help="voc, coco or toy (synthetic, no download) [default: the recipe's data.benchmark, else voc].")
+DatasetOption = typer.Option(None, "--dataset", help="voc, coco or toy (synthetic, no download).", show_default="the recipe's data.benchmark, else voc")
 ImageLabelsOption = typer.Option("auto", "--image-labels", help="Image-level labels from xml (VOC annotations, as CLIP-ES), mask (np.unique of the ground truth, as WeCLIP) or auto (xml on voc, mask otherwise).")
-BoxThresholdOption = typer.Option(None, "--box-threshold", help="clip_es.box_threshold: CAM fraction of the max whose contour boxes gate the attention affinity [default: 0.4; 0.7 on coco].")
-ClipModelOption = typer.Option(None, "--clip-model", help="clip.name: open_clip model [default: ViT-B-16; ovss-tiny for --dataset toy].")
-PretrainedOption = typer.Option(None, "--pretrained", help="clip.pretrained: open_clip tag, OpenAI .pt, .safetensors/.bin state dict or hub folder [default: openai; random for ovss-tiny]. '' = random init.")
-DataRootOption = typer.Option(None, "--data-root", help="Prepared datasets (default: $OVSS_DATASETS, $DETECTRON2_DATASETS, ./datasets).")
+BoxThresholdOption = typer.Option(None, "--box-threshold", help="clip_es.box_threshold: CAM fraction of the max whose contour boxes gate the attention affinity.", show_default="0.4; 0.7 on coco")
+ClipModelOption = typer.Option(None, "--clip-model", help="clip.name: open_clip model.", show_default="ViT-B-16; ovss-tiny for --dataset toy")
+PretrainedOption = typer.Option(None, "--pretrained", help="clip.pretrained: open_clip tag, OpenAI.pt,.safetensors/.bin state dict or hub folder. '' = random init.", show_default="openai; random for ovss-tiny")
+DataRootOption = typer.Option(None, "--data-root", help="Prepared datasets.", show_default="$OVSS_DATASETS, $DETECTRON2_DATASETS, ./datasets")
 LimitOption = typer.Option(None, "--limit", min=1, help="Only the first N images of the split (quick checks).")
-GpusOption = typer.Option(1, "--gpus", min=1, help="Processes (GPUs) on this machine; images are sharded across them.")
+GpusOption = typer.Option(1, "--gpus", min=1, help="GPUs (one process each) on this machine; images are sharded across them.")
 
 # The recipe `ovss pseudolabel` suggests for the next step when none was given.
 NEXT_RECIPE = {"voc": "recipes/vpl_voc.yaml", "coco": "recipes/vpl_coco.yaml", "toy": "recipes/quickstart_vpl.yaml"}
@@ -91,23 +91,24 @@ def _parse_scales(text: Optional[str]) -> Optional[list[float]]:
 
 
 def pseudolabel(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the <id>.png pseudo-labels; finished files are skipped, so a stopped run resumes."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the <id>.png pseudo-labels (required); finished files are skipped, so a stopped run resumes."),
     method: str = typer.Option("clip-es", "--method", help="clip-es (text prototypes) or vpl (vision prototypes from --prototypes)."),
     recipe: Optional[Path] = RecipeOption,
     dataset: Optional[str] = DatasetOption,
     split: str = typer.Option("train", "--split", help="voc: train (1,464 images, the split papers score), train_aug (what the decoder trains on) or val; coco and toy: train or val."),
-    prototypes: Optional[Path] = typer.Option(None, "--prototypes", help="VPL prototypes (.safetensors written by `ovss prototypes`); required by --method vpl [default: the recipe's vpl.prototypes]."),
-    crf: Optional[bool] = typer.Option(None, "--crf/--no-crf", help="Dense CRF on the background and class scores; pixels below --confidence become 255 [default: on]."),
-    confidence: Optional[float] = typer.Option(None, "--confidence", help="clip_es.confidence: with --crf, pixels whose CRF marginal is below this become 255 (0 keeps every pixel) [default: 0.95]."),
-    background_power: Optional[float] = typer.Option(None, "--bg-power", help="clip_es.background_power: alpha of the background score (1 - max_k cam_k)^alpha (CLIP-ES uses 1 or 2) [default: 1]."),
+    prototypes: Optional[Path] = typer.Option(None, "--prototypes", help="VPL prototypes (.safetensors written by `ovss prototypes`); required by --method vpl.", show_default="the recipe's vpl.prototypes"),
+    crf: Optional[bool] = typer.Option(None, "--crf/--no-crf", help="Dense CRF on the background and class scores; pixels below --confidence become 255.", show_default="on"),
+    confidence: Optional[float] = typer.Option(None, "--confidence", help="clip_es.confidence: with --crf, pixels whose CRF marginal is below this become 255 (0 keeps every pixel).", show_default="0.95"),
+    background_power: Optional[float] = typer.Option(None, "--bg-power", help="clip_es.background_power: alpha of the background score (1 - max_k cam_k)^alpha (CLIP-ES uses 1 or 2).", show_default="1"),
     box_threshold: Optional[float] = BoxThresholdOption,
-    scales: Optional[str] = typer.Option(None, "--scales", help="clip_es.scales: comma-separated image scales whose CAMs are averaged [default: 1.0, CLIP-ES's single scale]."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="clip_es.scales: comma-separated image scales whose CAMs are averaged.", show_default="1.0, CLIP-ES's single scale"),
     image_labels: str = ImageLabelsOption,
     clip_model: Optional[str] = ClipModelOption,
     pretrained: Optional[str] = PretrainedOption,
     data_root: Optional[Path] = DataRootOption,
     limit: Optional[int] = LimitOption,
     gpus: int = GpusOption,
+    nproc: Optional[int] = common.NprocOption,
     device: str = common.DeviceOption,
 ) -> None:
     """Make pseudo-labels from image-level labels with CLIP-ES (or CLIP-ES + VPL prototypes) and score them.
@@ -120,7 +121,8 @@ def pseudolabel(
     """
     from ovss_cli.data.image_labels import open_image_label_set
     from ovss_cli.errors import UsageError
-    from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
+    from ovss_cli.runtime.distributed import (check_process_options, init_distributed, process_device,
+                                              relaunch_if_needed, shutdown_distributed)
 
     if method not in ("clip-es", "vpl"):
         raise UsageError(f"--method must be clip-es or vpl, got '{method}'")
@@ -137,20 +139,29 @@ def pseudolabel(
         from ovss_cli.wsss.config import CrfParams
 
         parsed.clip_es.crf = CrfParams()
-    if method == "vpl" and prototypes is None:
-        if not parsed.vpl.prototypes:
-            raise UsageError("--method vpl needs --prototypes FILE; make one with `ovss prototypes --out FILE`")
+    if method == "vpl" and prototypes is None and parsed.vpl.prototypes:
         prototypes = Path(parsed.vpl.prototypes).expanduser()
+    missing = [option for option, value in (("--out DIR", out), ("--prototypes FILE", prototypes))
+               if value is None and (option == "--out DIR" or method == "vpl")]
+    if missing:  # every missing option in one message, not one per try
+        made = " (make the prototypes with `ovss prototypes --out FILE`)" if "--prototypes FILE" in missing else ""
+        raise UsageError(f"--method {method} needs {' and '.join(missing)}{made}")
+    check_process_options(gpus, nproc)
+    device = process_device(device, nproc)
+    common.check_device_and_precision(device)
     config = parsed.clip_es
-    data = open_image_label_set(dataset, split, data_root, image_labels, limit)  # fail on missing data before any model
-    if relaunch_if_needed(gpus):
-        return
-    from ovss_cli.engine.pseudolabel import build_cams, generate_pseudolabels, prepare_output
+    # Data, weights and devices fail here, once, not once per rank after the relaunch (the data before torch).
+    data = open_image_label_set(dataset, split, data_root, image_labels, limit)
+    from ovss_cli.clip.zoo import check_clip_weights
     from ovss_cli.wsss.names import prompt_names
     from ovss_cli.wsss.prototype_store import clip_identity, load_prototypes
 
+    check_clip_weights(parsed.clip.name, parsed.clip.pretrained)
     identity = clip_identity(parsed.clip)
     vision = load_prototypes(prototypes, identity, prompt_names(dataset))[0] if prototypes is not None else None
+    if relaunch_if_needed(gpus, nproc=nproc):
+        return
+    from ovss_cli.engine.pseudolabel import build_cams, generate_pseudolabels, prepare_output
     settings = {"method": method, "dataset": dataset, "split": split, "image_labels": data.label_source,
                 "clip": identity, "templates": parsed.clip.templates,
                 "prototypes": str(prototypes.resolve()) if prototypes else None, "clip_es": config.as_dict()}
@@ -214,13 +225,13 @@ def prototypes(
     recipe: Optional[Path] = RecipeOption,
     dataset: Optional[str] = DatasetOption,
     split: str = typer.Option("train_aug", "--split", help="Images whose region embeddings teach the prototypes (voc: train_aug, train or val; coco and toy: train or val)."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=0, help="prototypes.steps: full-batch Adam steps [default: 300]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="prototypes.lr: Adam step size [default: 1e-2]."),
-    tau_text: Optional[float] = typer.Option(None, "--tau-text", help="prototypes.tau_text: temperature of the text-prototype probabilities p_T [default: 0.01]."),
-    tau_image: Optional[float] = typer.Option(None, "--tau-image", help="prototypes.tau_image: temperature of the vision-prototype probabilities p_I [default: 0.01]."),
-    kl_weight: Optional[float] = typer.Option(None, "--kl-weight", help="prototypes.kl_weight: lambda, weight of KL(p_T || p_I) against the cross-entropy [default: 1]."),
-    region_cam: Optional[str] = typer.Option(None, "--region-cam", help="prototypes.region_cam: CAM that pools the region embeddings, refined (CLIP-ES with affinity) or gradcam [default: refined]."),
-    region_threshold: Optional[float] = typer.Option(None, "--region-threshold", help="prototypes.region_threshold: CAM values at or below this do not pool (0: CAM-weighted mean) [default: 0]."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=0, help="prototypes.steps: full-batch Adam steps.", show_default="300"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="prototypes.lr: Adam step size.", show_default="1e-2"),
+    tau_text: Optional[float] = typer.Option(None, "--tau-text", help="prototypes.tau_text: temperature of the text-prototype probabilities p_T.", show_default="0.01"),
+    tau_image: Optional[float] = typer.Option(None, "--tau-image", help="prototypes.tau_image: temperature of the vision-prototype probabilities p_I.", show_default="0.01"),
+    kl_weight: Optional[float] = typer.Option(None, "--kl-weight", help="prototypes.kl_weight: lambda, weight of KL(p_T || p_I) against the cross-entropy.", show_default="1"),
+    region_cam: Optional[str] = typer.Option(None, "--region-cam", help="prototypes.region_cam: CAM that pools the region embeddings, refined (CLIP-ES with affinity) or gradcam.", show_default="refined"),
+    region_threshold: Optional[float] = typer.Option(None, "--region-threshold", help="prototypes.region_threshold: CAM values at or below this do not pool (0: CAM-weighted mean).", show_default="0"),
     box_threshold: Optional[float] = BoxThresholdOption,
     image_labels: str = ImageLabelsOption,
     clip_model: Optional[str] = ClipModelOption,
@@ -228,6 +239,7 @@ def prototypes(
     data_root: Optional[Path] = DataRootOption,
     limit: Optional[int] = LimitOption,
     gpus: int = GpusOption,
+    nproc: Optional[int] = common.NprocOption,
     device: str = common.DeviceOption,
 ) -> None:
     """Learn VPL vision prototypes: one per class in CLIP's image space, anchored to the text prototypes.
@@ -239,7 +251,12 @@ def prototypes(
     import dataclasses
 
     from ovss_cli.data.image_labels import open_image_label_set
-    from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
+    from ovss_cli.runtime.distributed import (check_process_options, init_distributed, process_device,
+                                              relaunch_if_needed, shutdown_distributed)
+
+    check_process_options(gpus, nproc)
+    device = process_device(device, nproc)
+    common.check_device_and_precision(device)
 
     overrides = {"prototypes.steps": steps, "prototypes.lr": lr, "prototypes.tau_text": tau_text,
                  "prototypes.tau_image": tau_image, "prototypes.kl_weight": kl_weight,
@@ -248,8 +265,12 @@ def prototypes(
     dataset, parsed = wsss_recipe(recipe, dataset, clip_model, pretrained, overrides)
     vpl_config = parsed.prototypes
     config = dataclasses.replace(parsed.clip_es, crf=None)  # CAMs only: the CRF acts on labels
+    # Data, weights and devices fail here, once, not once per rank after the relaunch (the data before torch).
     data = open_image_label_set(dataset, split, data_root, image_labels, limit)
-    if relaunch_if_needed(gpus):
+    from ovss_cli.clip.zoo import check_clip_weights
+
+    check_clip_weights(parsed.clip.name, parsed.clip.pretrained)
+    if relaunch_if_needed(gpus, nproc=nproc):
         return
     import torch
 

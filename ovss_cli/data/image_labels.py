@@ -8,7 +8,7 @@ segmentation ground truth via np.unique (as WeCLIP does; the only source on COCO
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +171,7 @@ def _voc(split: str, root: Path, source: str) -> ImageLabelSet:
     from ovss_cli.data.io import read_split_ids
 
     bench = get_benchmark("voc21")
-    image_dir, label_dir = locate(bench, root)
+    image_dir, label_dir = locate(replace(bench, title=f"PASCAL VOC {split} (WSSS)"), root)  # name the asked split
     split_file = (root / bench.split_file).parent / f"{split}.txt"
     if not split_file.is_file():
         raise OvssError(f"split list {split_file} is missing; run `ovss prepare voc --data-root {root}`")

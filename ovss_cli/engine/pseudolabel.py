@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ovss_cli.clip.config import ClipConfig, build_dense_clip
 from ovss_cli.data.image_labels import IGNORE, PSEUDO_LABEL_SETTINGS, ImageLabelSet
-from ovss_cli.data.io import read_label, write_label
+from ovss_cli.data.io import read_label, write_label_png
 from ovss_cli.errors import UsageError
 from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
 from ovss_cli.fileio import remove_temporaries, write_json

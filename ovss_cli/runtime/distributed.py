@@ -1,8 +1,9 @@
 """Multi-process launch and process-group set-up.
 
 `--gpus N` on one machine relaunches the same `ovss` command through torch.distributed.run
-(torchrun) in-process; plain `torchrun -m ovss_cli ...` works too, since the children only
-read the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+(torchrun) in-process, one process per CUDA device (nccl); `--nproc N` does the same with N CPU
+processes (gloo), for machines without a GPU. Plain `torchrun -m ovss_cli ...` works too, since
+the children only read the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 """
 
 from __future__ import annotations
@@ -49,29 +50,65 @@ def failure_summary(err: BaseException) -> str:
     return first_line(err)
 
 
+def check_process_options(gpus: int, nproc: int | None) -> None:
+    """--gpus and --nproc are two ways to ask for processes: at most one of them (torch-free check)."""
+    if gpus < 1 or (nproc is not None and nproc < 1):
+        raise UsageError("--gpus and --nproc must be at least 1")
+    if nproc is not None and gpus != 1:
+        raise UsageError(f"--gpus {gpus} and --nproc {nproc} both set; --gpus N runs one process per GPU, "
+                         "--nproc N runs N CPU processes: give one of them")
+
+
+def process_device(device: str, nproc: int | None) -> str:
+    """The device the processes use: --nproc means CPU processes, whatever `device` says otherwise."""
+    if nproc is None:
+        return device
+    if device.startswith("cuda"):
+        raise UsageError(f"--nproc runs CPU processes but the device is {device}; use --gpus for GPUs")
+    return "cpu"
+
+
+def check_gpus(gpus: int) -> None:
+    """--gpus N > 1 needs N visible CUDA devices; without them, say what to use instead (before any relaunch)."""
+    if gpus == 1 or launched_by_torchrun():
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--gpus {gpus} but no CUDA device is visible; for {gpus} CPU processes use --nproc {gpus}, "
+                         "or drop --gpus for one process")
+    if torch.cuda.device_count() < gpus:
+        raise UsageError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are visible; "
+                         f"use --gpus {torch.cuda.device_count()}")
+
+
 def relaunch_if_needed(gpus: int, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
-                       master_port: int = 29500) -> bool:
-    """Run this command again under torchrun with `gpus` processes per node; True if it ran here.
+                       master_port: int = 29500, nproc: int | None = None) -> bool:
+    """Run this command again under torchrun with `gpus` (or `nproc` CPU) processes per node; True if it ran here.
 
     Returns False when no relaunch is needed (one process, or already a torchrun child).
-    Raises OvssError when any rank failed, so the job exits non-zero.
+    Raises UsageError before launching anything when the devices are not there, and OvssError
+    when any rank failed, so the job exits non-zero.
     """
-    if gpus < 1 or nnodes < 1:
-        raise UsageError("--gpus and --nnodes must be at least 1")
-    if launched_by_torchrun() or (gpus == 1 and nnodes == 1):
+    check_process_options(gpus, nproc)
+    if nnodes < 1:
+        raise UsageError("--nnodes must be at least 1")
+    processes = nproc if nproc is not None else gpus
+    if launched_by_torchrun() or (processes == 1 and nnodes == 1):
         return False
-    import torch
+    if nproc is None:
+        check_gpus(gpus)
     from torch.distributed.run import parse_args, run
 
-    if torch.cuda.is_available() and torch.cuda.device_count() < gpus:
-        raise UsageError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
     argv = list(LAUNCH_ARGV if LAUNCH_ARGV is not None else sys.argv[1:])
-    launch = [f"--nproc-per-node={gpus}", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
+    launch = [f"--nproc-per-node={processes}", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
               f"--master-addr={master_addr}", f"--master-port={master_port}"]
     if nnodes == 1:
-        launch = [f"--nproc-per-node={gpus}", "--standalone"]
+        launch = [f"--nproc-per-node={processes}", "--standalone"]
     try:
-        run(parse_args([*launch, "-m", "ovss_cli", *argv]))
+        config = parse_args([*launch, "-m", "ovss_cli"])
+        config.training_script_args = argv  # set, not parsed: torchrun's parser would take --nproc for its own
+        run(config)
     except Exception as err:  # torch's ChildFailedError lists the failing ranks
         raise OvssError(f"distributed run failed: {failure_summary(err)}") from None
     return True

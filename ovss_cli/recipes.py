@@ -114,11 +114,47 @@ def recipe_from_dict(data: dict, where: str = "recipe", drop_unused_sections: bo
     return from_dict(Recipe, data, where)
 
 
-def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply `key=value` overrides, validate every section (UsageError on any problem)."""
+def shipped_recipes_dir() -> Path:
+    """The recipes that ship with ovss: ovss_cli/recipes_data/ in an installed wheel, the top-level recipes/
+    folder in a source checkout or editable install (setup.py maps one onto the other)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "recipes_data"
+    return installed if installed.is_dir() else package.parent / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> file of every shipped recipe, sorted by name."""
+    folder = shipped_recipes_dir()
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def recipe_purpose(path: Path) -> str:
+    """A recipe's one-line purpose: its first header comment line."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def find_recipe(path: Path | str) -> Path:
+    """A recipe file: `path` itself when it exists, else the shipped recipe of that name
+    ('hclip', 'hclip.yaml' or 'recipes/hclip.yaml', so the README's commands work from any folder)."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"recipe {path} not found; pass a YAML file such as recipes/quickstart.yaml")
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if path.parent in (Path("."), Path("recipes")) and path.suffix in ("", ".yaml") and path.stem in shipped:
+        return shipped[path.stem]
+    raise UsageError(f"recipe {path} not found{did_you_mean(path.stem, shipped)}; pass a YAML file or the name of "
+                     "a shipped recipe (`ovss recipes` lists them)")
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe (a file, or a shipped recipe by name), apply `key=value` overrides, validate every
+    section (UsageError on any problem)."""
+    path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

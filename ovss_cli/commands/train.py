@@ -66,16 +66,22 @@ def train(
 
 
 def run_training(recipe, dist, output: Optional[Path], resume: Optional[str]):
-    from ovss_cli.engine.runs import RunLock, choose_run_dir
+    from ovss_cli.engine.runs import RunLock, choose_run_dir, remove_if_unstarted
     from ovss_cli.engine.trainer import train as train_loop
     from ovss_cli.errors import OvssError
     from ovss_cli.methods.registry import METHODS, build_model
     from ovss_cli.recipes import save_recipe
     from ovss_cli.runtime.seeding import seed_everything
 
-    lock, failure = None, None
+    seed_everything(recipe.seed)  # identical initialisation on every rank
+    model = build_model(recipe)  # before any folder exists: a model that cannot be built leaves nothing behind
+    prepare = METHODS[recipe.method].prepare_training  # inputs read once (e.g. VPL's prototypes)
+    if prepare is not None:
+        prepare(recipe, model)
+    lock, failure, created = None, None, False
     if dist.is_main:
         run_dir = choose_run_dir(recipe.name, output, resume)
+        created = not run_dir.exists()
         try:
             lock = RunLock(run_dir).acquire()  # one writer per run folder
         except OvssError as err:
@@ -92,6 +98,7 @@ def run_training(recipe, dist, output: Optional[Path], resume: Optional[str]):
         run_dir = Path(shared[0]) if shared[0] is not None else run_dir
     if failure is not None:
         raise failure
+    failed = True
     try:
         if dist.is_main:
             typer.echo(f"run folder: {run_dir}", err=True)
@@ -101,22 +108,27 @@ def run_training(recipe, dist, output: Optional[Path], resume: Optional[str]):
                 save_recipe(recipe, run_dir / "recipe.yaml", header=f"Resolved recipe of the run in {run_dir}.\n"
                             f"Run it again: ovss train {run_dir / 'recipe.yaml'}")
 
-        seed_everything(recipe.seed)  # identical initialisation on every rank
-        model = build_model(recipe)
-        prepare = METHODS[recipe.method].prepare_training
-        if prepare is not None:
-            prepare(recipe, model)
         result = train_loop(recipe, model, dist, run_dir, resume, on_ready=write_recipe)
+        failed = False
     finally:
         if lock is not None:
             lock.release()
+        if failed and created:  # failed before its first logged step: no folder holding only the recipe
+            remove_if_unstarted(run_dir)
     if dist.is_main:
         typer.echo(f"trained to step {result.step}; checkpoint: {result.checkpoint}")
         if result.best_checkpoint is not None:
             typer.echo(f"best checkpoint: {result.best_checkpoint}")
         for name, metrics in result.eval_results.items():
-            typer.echo(f"{name}: mIoU {metrics['mIoU']:.2f}")
+            typer.echo(f"{name}: mIoU {metrics['mIoU']:.2f} ({eval_mode_note(recipe.train.eval_mode)})")
     return result
+
+
+def eval_mode_note(mode: str) -> str:
+    """Why the training log's mIoU may differ from `ovss evaluate`'s (whose default is sliding windows)."""
+    if mode == "sliding":
+        return "sliding windows, as ovss evaluate"
+    return f"{mode} image; ovss evaluate defaults to sliding windows, add --mode {mode} to match"
 
 
 def describe(recipe) -> None:

@@ -134,6 +134,21 @@ class RunLock:
         self.release()
 
 
+def remove_if_unstarted(run_dir: Path) -> bool:
+    """Delete a run folder this invocation created when the run failed before logging a step:
+    it holds only the resolved recipe. A folder with checkpoints or metrics is never touched."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if any((run_dir / "checkpoints").glob("*")):
+        return False
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
 def _finite(value):
     return value if not isinstance(value, float) or math.isfinite(value) else str(value)
 

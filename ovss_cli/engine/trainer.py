@@ -273,7 +273,8 @@ class Trainer:
         scores = [m["mIoU"] for m in results.values() if m["mIoU"] is not None and math.isfinite(m["mIoU"])]
         score = sum(scores) / len(scores) if scores else -math.inf
         summary = {f"mIoU/{name}": m["mIoU"] for name, m in results.items()}
-        reporter.message(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+        reporter.message(f"step {step} ({train.eval_mode} inference; `ovss evaluate` defaults to sliding): "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
         run_log.log({"step": step, **summary})
         run_log.write_eval(step, results)
         if score > self.best_score:

@@ -60,5 +60,7 @@ def block_count(width: int, block_size: int, where: str) -> int:
     from ovss_cli.errors import UsageError
 
     if width % block_size:
-        raise UsageError(f"finetune.block_size={block_size} does not divide the {where} width {width}; pick a divisor")
+        fitting = max(d for d in range(1, min(block_size, width) + 1) if width % d == 0)
+        raise UsageError(f"finetune.block_size={block_size} does not divide the {where} width {width}; "
+                         f"use a divisor of {width}, e.g. finetune.block_size={fitting}")
     return width // block_size

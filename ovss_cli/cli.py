@@ -21,6 +21,7 @@ from ovss_cli.commands import export as export_cmd
 from ovss_cli.commands import predict as predict_cmd
 from ovss_cli.commands import prepare as prepare_cmd
 from ovss_cli.commands import recipes as recipes_cmd
+from ovss_cli.commands import runs as runs_cmd
 from ovss_cli.commands import train as train_cmd
 from ovss_cli.commands import wsss as wsss_cmd
 from ovss_cli.errors import OvssError
@@ -76,6 +77,7 @@ register("convert", convert_cmd.convert, no_args_is_help=True)
 register("prototypes", wsss_cmd.prototypes, no_args_is_help=True)
 register("pseudolabel", wsss_cmd.pseudolabel, no_args_is_help=True)
 register("recipes", recipes_cmd.recipes)
+register("runs", runs_cmd.runs, no_args_is_help=True)
 
 benchmark_app = typer.Typer(help="Speed and memory of training and inference, as ratios to the image encoder alone.",
                             no_args_is_help=True)

@@ -83,8 +83,9 @@ class TrainConfig:
     eval_limit: Optional[int] = None
     """Evaluate on the first N images of each benchmark only."""
     eval_mode: Literal["sliding", "whole"] = "sliding"
-    tensorboard: bool = False
-    """Also write TensorBoard events (needs the `tensorboard` package)."""
+    tensorboard: Optional[bool] = None
+    """Also write TensorBoard events to <run>/tensorboard/ (`tensorboard --logdir runs`); null: when the
+    `tensorboard` package is installed (pip install tensorboard). metrics.jsonl is always written (`ovss runs`)."""
 
     def validate(self) -> None:
         for name in ("iterations", "log_every", "checkpoint_every", "keep_last"):

@@ -51,6 +51,12 @@ def choose_run_dir(name: str, output: Path | None, resume: str | None, root: Pat
     return new_run_dir(name, root)
 
 
+def tensorboard_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -156,14 +162,14 @@ def _finite(value):
 class RunLog:
     """Append-only training records of one run (rank 0 only)."""
 
-    def __init__(self, run_dir: Path, is_main: bool, tensorboard: bool = False):
+    def __init__(self, run_dir: Path, is_main: bool, tensorboard: bool | None = None):
         self.run_dir = Path(run_dir)
         self.is_main = is_main
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._writer = None
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
+            if tensorboard or (tensorboard is None and tensorboard_installed()):
                 self._writer = self._tensorboard()
 
     def _tensorboard(self):
@@ -171,7 +177,7 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             print("train.tensorboard is set but the `tensorboard` package is missing (pip install tensorboard); "
-                  "logging to metrics.jsonl only", file=sys.stderr)
+                  "logging to metrics.jsonl only (plot it with `ovss runs`)", file=sys.stderr)
             return None
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 

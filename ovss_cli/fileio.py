@@ -3,8 +3,9 @@
 Every writer of ovss goes through `atomic_path`: the content goes to a hidden temporary sibling
 `.<name>.ovss-tmp-<pid>` and is renamed onto the final name only when complete. The temporary
 never ends in the final suffix, so a `*.png` or `*.json` listing never sees it, and
-`remove_temporaries` finds those a killed run left behind. Temporary files are created with
-plain `open` (not mkstemp, whose files are 0600), so the final file's mode follows the umask.
+`remove_temporaries` finds those a killed run left behind. Every final file gets the umask's mode,
+also from writers that create theirs 0600 (safetensors), so checkpoints and exports stay readable
+by the other users of a shared machine as any other file.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def umask_mode() -> int:
+    """The mode a new regular file gets here (0o644 under the usual umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of `path` that replaces `path` only if the block succeeds.
@@ -53,6 +61,7 @@ def atomic_path(path: Path, durable: bool = True) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield temporary
+        os.chmod(temporary, umask_mode())
         if durable:
             _fsync_file(temporary)
         os.replace(temporary, path)

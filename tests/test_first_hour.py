@@ -125,3 +125,28 @@ def test_every_option_help_renders_its_text_and_default(monkeypatch):
                 assert row.endswith(f"[default: {default}]"), (path, option.opts, row)
                 checked += 1
     assert checked > 50
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_checkpoints_follow_the_umask(tmp_path, mask):
+    import os
+    import stat
+
+    from ovss_cli.runtime.checkpoint import save_weights
+
+    previous = os.umask(mask)
+    try:
+        save_weights(torch.nn.Linear(2, 2), tmp_path / "w.safetensors")  # safetensors alone writes 0600
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, "bf16-mixed"), (False, "fp16-mixed")])
+def test_auto_precision_uses_fp16_where_the_gpu_has_no_bf16(monkeypatch, bf16, expected):
+    from ovss_cli.runtime.precision import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert resolve_precision("auto", "cuda:0") == expected
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16-mixed", "cuda") == "bf16-mixed"  # an explicit choice is kept

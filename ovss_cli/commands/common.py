@@ -13,7 +13,7 @@ PretrainedOption = typer.Option(None, "--pretrained", help="open_clip tag, OpenA
 ImageSizeOption = typer.Option(None, "--image-size", help="CLIP input size of the zero-shot baseline.", show_default="384; 64 for ovss-tiny")
 TemplatesOption = typer.Option("single", "--templates", help="Prompt templates of the zero-shot baseline: single, imagenet80 or imagenet7.")
 ModeOption = typer.Option("sliding", "--mode", help="sliding: CAT-Seg protocol (640 resize, 384 windows stride 256 + global view); whole: one resized view.")
-PrecisionOption = typer.Option("auto", "--precision", help="auto (bf16-mixed on GPU, fp32 on CPU), bf16-mixed, fp16-mixed or fp32.")
+PrecisionOption = typer.Option("auto", "--precision", help="auto (bf16-mixed on GPUs with bf16, fp16-mixed on older ones, fp32 on CPU), bf16-mixed, fp16-mixed or fp32.")
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when available), cuda or cpu.")
 
 

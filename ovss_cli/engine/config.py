@@ -68,7 +68,7 @@ class TrainConfig:
     """Optimizer steps."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", Precision] = "auto"
-    """auto = bf16-mixed on GPU, fp32 on CPU; fp16-mixed uses a gradient scaler."""
+    """auto = bf16-mixed on GPUs with bf16 (fp16-mixed on V100/T4), fp32 on CPU; fp16-mixed uses a gradient scaler."""
     activation_checkpointing: bool = False
     """Recompute CLIP blocks and aggregator layers in the backward pass (less memory, ~30% slower)."""
     find_unused_parameters: bool = False

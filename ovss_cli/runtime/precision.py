@@ -11,9 +11,12 @@ from ovss_cli.runtime.config import PRECISIONS
 
 
 def resolve_precision(precision: str | None, device: str) -> str:
-    """'auto'/None -> bf16-mixed on CUDA, fp32 on CPU."""
+    """'auto'/None -> bf16-mixed on CUDA GPUs that have bf16 (Ampere and later), fp16-mixed (with the grad
+    scaler) on older ones (V100, T4), fp32 on CPU."""
     if precision in (None, "auto"):
-        return "bf16-mixed" if device.startswith("cuda") else "fp32"
+        if not device.startswith("cuda"):
+            return "fp32"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp16-mixed"
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)} or auto")
     return precision

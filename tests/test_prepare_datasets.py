@@ -389,13 +389,14 @@ def test_unknown_dataset_suggests_the_closest(tmp_path: Path):
 
 
 def test_missing_archives_say_what_to_fetch_and_where(tmp_path: Path):
-    result = run_cli("voc", "--data-root", str(tmp_path / "d"), expect=1)
+    result = run_cli("voc", "--data-root", str(tmp_path / "d"), expect=2)  # the user can fix it: exit 2
+    assert not (tmp_path / "d").exists()  # nothing fetched: no empty folders left behind
     message = result.output.strip()
     assert message.count("\n") == 0
     assert "VOCtrainval_11-May-2012.tar" in message and "benchmark.tgz" in message
     assert "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar" in message
     assert str(tmp_path / "d" / "downloads") in message and "--download" in message
-    result = run_cli("ade20k-full", "--data-root", str(tmp_path / "d"), "--download", expect=1)
+    result = run_cli("ade20k-full", "--data-root", str(tmp_path / "d"), "--download", expect=2)
     assert "register at https://groups.csail.mit.edu/vision/datasets/ADE20K/" in result.output
 
 

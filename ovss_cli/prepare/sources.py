@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ovss_cli.errors import OvssError
+from ovss_cli.data.benchmarks import DatasetMissingError
+from ovss_cli.errors import UsageError
 from ovss_cli.prepare.archive import safe_extract
 from ovss_cli.fileio import write_text
 from ovss_cli.prepare.common import echo, link_or_copy
@@ -89,7 +90,7 @@ def ensure_raw_files(spec: DatasetSpec, root: Path, source: Path | None, allow_d
                      progress: bool = True) -> None:
     """Make every archive of `spec` present, extracted, under `root`; see the module docstring."""
     if source is not None and not source.is_dir():
-        raise OvssError(f"--from {source} is not a folder; point it at the folder holding the downloaded archives")
+        raise UsageError(f"--from {source} is not a folder; point it at the folder holding the downloaded archives")
     archive_folder = source if source is not None else root / "downloads"
     missing: list[Archive] = []
     for archive in spec.archives:
@@ -107,7 +108,7 @@ def ensure_raw_files(spec: DatasetSpec, root: Path, source: Path | None, allow_d
     if not missing:
         return
     if not allow_download or not all(downloadable(archive) for archive in missing):
-        raise OvssError(_fetch_by_hand_line(spec, missing, archive_folder))
+        raise DatasetMissingError(_fetch_by_hand_line(spec, missing, archive_folder))  # exit 2: the user can fix it
     for archive in missing:
         file = _download_archive(spec, archive, archive_folder, progress)
         echo(f"extracting {file} into {root / archive.extract_to}")

@@ -150,3 +150,41 @@ def test_auto_precision_uses_fp16_where_the_gpu_has_no_bf16(monkeypatch, bf16, e
     assert resolve_precision("auto", "cuda:0") == expected
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16-mixed", "cuda") == "bf16-mixed"  # an explicit choice is kept
+
+
+USAGE_ERRORS = [
+    ["evaluate", "--bench", "toy", "--device", "tpu"],
+    ["evaluate", "--bench", "toy", "--precision", "fp8"],
+    ["evaluate", "--bench", "toy", "--gpus", "2", "--nproc", "2"],
+    ["predict", "x.png", "--classes", "a", "--device", "gpu"],
+    ["export", "no-such-run", "--out", "e"],
+    ["pseudolabel", "--out", "o", "--scales", "a"],
+    ["pseudolabel", "--out", "o", "--dataset", "vocc"],
+    ["pseudolabel", "--method", "vpl"],
+    ["train", str(QUICKSTART), "optim.lrr=1"],
+    ["train", "no-such-recipe"],
+]
+
+
+@pytest.mark.parametrize("argv", USAGE_ERRORS, ids=[" ".join(a[:2]) + "…" for a in USAGE_ERRORS])
+def test_usage_errors_answer_before_torch_is_imported(tmp_path, argv):
+    code = ("import sys\nfrom ovss_cli.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exit:\n"
+            "    print('torch' in sys.modules, exit.code)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.stdout.split() == ["False", "2"], done.stdout + done.stderr
+
+
+def test_vpl_names_every_missing_option_at_once():
+    result = runner.invoke(app, ["pseudolabel", "--method", "vpl"])
+    assert result.exit_code == 2
+    line = one_line(result.output)
+    assert "--out DIR" in line and "--prototypes FILE" in line and "ovss prototypes" in line
+
+
+def test_a_missing_voc_split_is_named_as_asked(tmp_path):
+    result = runner.invoke(app, ["pseudolabel", "--dataset", "voc", "--split", "train", "--data-root", str(tmp_path),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    line = one_line(result.output)
+    assert "PASCAL VOC train" in line and " val" not in line

@@ -17,6 +17,27 @@ PrecisionOption = typer.Option("auto", "--precision", help="auto (bf16-mixed on 
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when available), cuda or cpu.")
 
 
+def check_device_and_precision(device: str, precision: str | None = None) -> None:
+    """Spelling of --device and --precision, checked before torch is imported (a typo answers at once)."""
+    import re
+
+    from ovss_cli.errors import UsageError
+    from ovss_cli.runtime.config import PRECISIONS
+
+    if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], got '{device}'")
+    if precision is not None and precision != "auto" and precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)} or auto")
+
+
+def check_checkpoint_path(checkpoint: Path) -> None:
+    from ovss_cli.errors import UsageError
+
+    if not checkpoint.exists():
+        raise UsageError(f"{checkpoint} does not exist; pass a run folder, a checkpoint file (.safetensors) "
+                         "or an export folder")
+
+
 def check_mode(mode: str) -> str:
     from ovss_cli.errors import UsageError
 
@@ -45,12 +66,8 @@ def zero_shot_clip(clip_model: Optional[str], pretrained: Optional[str], image_s
 def check_model_source(checkpoint: Optional[Path], clip_model: Optional[str], pretrained: Optional[str],
                        tiny_default: bool) -> None:
     """Fail before any relaunch or model building when the checkpoint or the CLIP weights are not there."""
-    from ovss_cli.errors import UsageError
-
     if checkpoint is not None:
-        if not checkpoint.exists():
-            raise UsageError(f"--checkpoint {checkpoint} does not exist; pass a run folder, a checkpoint file "
-                             "(.safetensors) or an export folder")
+        check_checkpoint_path(checkpoint)
         return
     from ovss_cli.clip.zoo import check_clip_weights
 
@@ -79,10 +96,9 @@ def resolve_device(device: str) -> str:
 
     from ovss_cli.errors import UsageError
 
+    check_device_and_precision(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA device is visible; use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda[:N], got '{device}'")
     return device

@@ -40,6 +40,7 @@ def evaluate(
                                               relaunch_if_needed, shutdown_distributed)
 
     common.check_mode(mode)
+    common.check_device_and_precision(device, precision)
     check_process_options(gpus, nproc)
     device = process_device(device, nproc)
     names = expand_benchmarks(list(bench))

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ovss_cli.commands import common
+
 
 def check_out_path(out: Path, folder: bool) -> None:
     """--out must be creatable as a folder (open_clip) or a file (onnx): one line instead of a traceback."""
@@ -39,6 +41,7 @@ def export(
 
     if format not in ("open_clip", "onnx"):
         raise UsageError(f"--format must be open_clip or onnx, got '{format}'")
+    common.check_checkpoint_path(checkpoint)
     check_out_path(out, folder=format == "open_clip")
     if format == "open_clip":
         if classes is not None or vocab is not None:

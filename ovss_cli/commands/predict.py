@@ -72,6 +72,9 @@ def predict(
     from ovss_cli.errors import UsageError
 
     common.check_mode(mode)
+    common.check_device_and_precision(device, precision)
+    if checkpoint is not None:
+        common.check_checkpoint_path(checkpoint)
     if (classes is None) == (vocab is None):
         raise UsageError("give exactly one of --classes 'cat, grass, sky' or --vocab ade150")
     names = list(parse_class_list(classes) if classes is not None else load_vocabulary(vocab))

@@ -59,3 +59,13 @@ def test_folders_with_checkpoints_or_metrics_are_kept(tmp_path):
     assert remove_if_unstarted(with_checkpoint) is False and with_checkpoint.exists()
     assert remove_if_unstarted(with_metrics) is False and with_metrics.exists()
     assert remove_if_unstarted(bare) is True and not bare.exists()
+
+
+def test_the_readme_quickstart_lists_every_toy_recipe():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Quickstart"): readme.index("## Real use")]
+    for path in sorted((root / "recipes").glob("quickstart*.yaml")):
+        assert f" {path.stem} " in section, path.stem

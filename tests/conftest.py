@@ -19,8 +19,10 @@ def single_thread():
 
 @pytest.fixture
 def oracle(monkeypatch):
-    """`evaluate` and `predict` segment with the per-pixel oracle of tests.helpers instead of a model."""
+    """`evaluate` and `predict` segment with the per-pixel oracle of tests.helpers instead of a model
+    (so no CLIP weights need to be there either)."""
     from ovss_cli.commands import common
     from tests.helpers import PixelOracle
 
     monkeypatch.setattr(common, "build_segmenter", lambda *args, **kwargs: PixelOracle(window=64))
+    monkeypatch.setattr(common, "check_model_source", lambda *args, **kwargs: None)

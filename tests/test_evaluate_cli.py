@@ -113,7 +113,7 @@ def test_predict_needs_classes(tmp_path):
 
 def test_every_command_help_shows_a_worked_example():
     commands = [[c.name] for c in app.registered_commands] + [["benchmark", "train"], ["benchmark", "eval"]]
-    assert len(commands) == 11  # prepare train distill evaluate predict export convert prototypes pseudolabel + benchmark x2
+    assert len(commands) == 13  # prepare train distill evaluate predict export convert prototypes pseudolabel recipes runs + benchmark x2
     for command in commands:
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0, command

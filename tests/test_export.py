@@ -103,6 +103,6 @@ def test_export_errors(hclip_run, tmp_path):
     result = runner.invoke(app, ["export", str(hclip_run), "--format", "onnx", "--out", str(tmp_path / "x.onnx")])
     assert result.exit_code == 2 and "--classes" in result.output
     result = runner.invoke(app, ["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "e")])
-    assert result.exit_code == 1 and "not found" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output  # a mistyped path: usage, answered before torch
     result = runner.invoke(app, ["export", str(hclip_run), "--format", "tflite", "--out", str(tmp_path / "e")])
     assert result.exit_code == 2

@@ -124,8 +124,10 @@ def test_validation_never_changes_the_recipe():
         load_recipe(QUICKSTART, ["train.eval_benches=[ade15]"])
 
 
-def test_train_precision_choices_are_the_runtime_precisions():
+def test_train_precision_choices_are_the_runtime_precisions(monkeypatch):
     import typing
+
+    import torch
 
     from ovss_cli.engine.config import TrainConfig
     from ovss_cli.runtime.config import PRECISIONS
@@ -134,4 +136,5 @@ def test_train_precision_choices_are_the_runtime_precisions():
     assert typing.get_args(typing.get_type_hints(TrainConfig)["precision"]) == ("auto", "bf16-mixed", "fp16-mixed", "fp32")
     assert PRECISIONS == ("bf16-mixed", "fp16-mixed", "fp32")
     assert [resolve_precision(p, "cpu") for p in PRECISIONS] == list(PRECISIONS)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # auto on a bf16 GPU
     assert (resolve_precision("auto", "cpu"), resolve_precision("auto", "cuda:0")) == ("fp32", "bf16-mixed")

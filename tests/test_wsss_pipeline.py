@@ -15,7 +15,7 @@ from ovss_cli.clip.dense import resize_pos_embed
 from ovss_cli.clip.zoo import create_clip
 from ovss_cli.commands import wsss as wsss_commands
 from ovss_cli.data.image_labels import mask_labels, open_image_label_set
-from ovss_cli.data.io import write_label
+from ovss_cli.data.io import read_label, write_label
 from ovss_cli.errors import OvssError
 from ovss_cli.fileio import TEMP_MARK, remove_temporaries, temporary_path
 from ovss_cli.wsss.clip_es import ClipEsCams, pseudo_label
@@ -223,7 +223,7 @@ def test_prototypes_then_vpl_pseudolabels_resume(tmp_path, app):
     assert files == [f"toy_val_{i:05d}.png" for i in range(3)]  # the stale temporary is gone, never an output
     toy = open_image_label_set("toy", "val", limit=3)
     for i in range(3):
-        label = cv2.imread(str(out / files[i]), cv2.IMREAD_UNCHANGED)
+        label = read_label(out / files[i]).astype(np.uint8)  # palette PNGs: PIL reads the ids
         assert label.dtype == np.uint8 and label.ndim == 2 and label.shape == (96, 96)
         assert set(np.unique(label)) <= {0, *toy.image_labels(i)}
     stamps = [os.stat(out / f).st_mtime_ns for f in files]
@@ -242,7 +242,7 @@ def test_clip_es_with_crf_on_voc_layout_scores_the_written_labels(tmp_path, app)
                                  "--pretrained", "", "--data-root", str(tmp_path), "--out", str(out),
                                  "--confidence", "0.6"])
     assert result.exit_code == 0, result.output
-    predictions = np.stack([cv2.imread(str(out / f"{i}.png"), cv2.IMREAD_UNCHANGED) for i in ids]).astype(np.int64)
+    predictions = np.stack([read_label(out / f"{i}.png") for i in ids])
     truth = np.stack([cv2.imread(str(tmp_path / "VOCdevkit/VOC2012/SegmentationClassAug" / f"{i}.png"),
                                  cv2.IMREAD_UNCHANGED) for i in ids]).astype(np.int64)
     assert set(np.unique(predictions)) <= {0, 1, 2, 3, 255}
@@ -296,7 +296,6 @@ def test_two_gloo_ranks_shard_images_and_reduce_scores(tmp_path, app):
     assert two["metrics"]["mIoU"] == pytest.approx(one["metrics"]["mIoU"], abs=1e-9)
     for i in range(3):
         name = f"toy_val_{i:05d}.png"
-        assert np.array_equal(cv2.imread(str(tmp_path / "two" / name), cv2.IMREAD_UNCHANGED),
-                              cv2.imread(str(tmp_path / "one" / name), cv2.IMREAD_UNCHANGED))
+        assert np.array_equal(read_label(tmp_path / "two" / name), read_label(tmp_path / "one" / name))
     sidecar = json.loads((tmp_path / "p2.json").read_text())
     assert sidecar["images"] == 3 and sidecar["regions"] >= 3  # regions gathered from both ranks

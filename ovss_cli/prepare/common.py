@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-
 from ovss_cli.data.io import read_indexed_png  # noqa: F401  (the converters' reader of label PNGs)
 from ovss_cli.errors import OvssError
 from ovss_cli.fileio import atomic_path, remove_temporaries

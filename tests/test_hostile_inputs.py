@@ -207,7 +207,7 @@ CASES = [
     Case("zip link chain", zip_link_chain, 1, "is a link"),
     Case("tar link chain", tar_link_chain, 1, "outside the target folder"),
     Case("truncated zip", truncated_zip, 1, "ADEChallengeData2016.zip"),
-    Case("download without checksum", unverifiable_download, 1, "never downloads it"),
+    Case("download without checksum", unverifiable_download, 2, "never downloads it"),  # fetch it by hand: exit 2
     Case("pickle that runs code", pickle_with_code, 1, "refusing to load"),
     Case("verify: truncated JPEG", verify_truncated_jpeg, 1, "ADE_val_00000001.jpg (Truncated File Read)"),
     Case("verify: not an image", verify_not_an_image, 1, "ADE_val_00000001.jpg (cannot identify image file"),
@@ -233,6 +233,7 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
 def test_bad_input_is_one_line_and_writes_nothing_outside(case: Case, tmp_path: Path, monkeypatch):
     if case.oracle:  # these cases need a model, not CLIP weights
         monkeypatch.setattr(common, "build_segmenter", lambda *args, **kwargs: PixelOracle(window=64))
+        monkeypatch.setattr(common, "check_model_source", lambda *args, **kwargs: None)
     area = tmp_path / "area"
     (area / "cwd").mkdir(parents=True)
     monkeypatch.chdir(area / "cwd")  # default output folders (runs/, predictions/) land inside the area too

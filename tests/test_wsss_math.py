@@ -6,7 +6,7 @@ import torch
 
 from ovss_cli.wsss.affinity import attention_affinity, box_mask, refine_cam, sinkhorn_normalise
 from ovss_cli.wsss.crf import BilateralFilter, CrfParams, dense_crf, gaussian_message
-from ovss_cli.wsss.gradcam import gradcam_weights, minmax, softmax_gradcam, softmax_scores
+from ovss_cli.wsss.gradcam import gradcam_map, gradcam_weights, minmax, softmax_gradcam, softmax_scores
 from ovss_cli.wsss.vpl import (VplConfig, feature_span, fix_gauge, image_log_probabilities, learn_prototypes,
                                prototype_objective, region_embeddings, text_probabilities)
 
@@ -99,9 +99,25 @@ def test_gradcam_weights_match_hand_computed_gradients():
     w1 = torch.tensor([2 * float(a[:, 0].mean()), 0.0, 0.0])
     for cam, w in zip(cams, (w0, w1)):
         expected = torch.relu(a @ w)
-        expected = (expected - expected.min()) / (1e-7 + (expected - expected.min()).max())
+        for _ in range(2):  # CLIP-ES scales twice
+            expected = (expected - expected.min()) / (1e-7 + (expected - expected.min()).max())
         assert torch.allclose(cam, expected, atol=1e-6)
     assert torch.allclose(gradcam_weights(weights_matrix.repeat(2, 1)), w0)
+
+
+@pytest.mark.parametrize("peak", [1e-4, 1e-5, 1e-6])
+def test_gradcam_is_scaled_twice_like_official_clip_es(peak):
+    # One channel, unit gradient: the raw map is ReLU(A[:, 0]) = [0, peak/4, peak/2, peak] and a negative entry.
+    raw = np.array([0.0, peak / 4, peak / 2, peak, -peak], dtype=np.float32)
+    activation = torch.from_numpy(raw)[:, None]
+    cam = gradcam_map(activation, torch.ones(5, 1)).numpy()
+    # By hand, in float32 as pytorch_grad_cam's scale_cam_image: (x - min) / (1e-7 + max), applied twice.
+    once = np.maximum(raw, 0) / np.float32(1e-7 + peak)
+    twice = once / np.float32(1e-7 + once.max())
+    assert np.allclose(cam, twice, rtol=0, atol=1e-7)
+    assert once.max() < 1 - 0.9e-3  # a single pass would peak visibly below 1 (0.91 for 1e-6)
+    assert cam.max() == pytest.approx(1.0, abs=2e-7) and abs(cam.max() - 1) < 1 - once.max()
+    assert np.allclose(cam[:4], [0, 0.25, 0.5, 1], atol=2e-7) and cam[4] == 0
 
 
 def test_softmax_scores_and_minmax():

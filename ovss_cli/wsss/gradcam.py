@@ -10,9 +10,9 @@ import torch
 
 
 def minmax(values: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """(v - min) / (eps + max(v - min)), as CLIP-ES scales every CAM."""
-    shifted = values - values.min()
-    return shifted / (eps + shifted.max())
+    """(v - min) / (eps + max(v - min)) over the last dimension, as CLIP-ES scales every CAM."""
+    shifted = values - values.min(dim=-1, keepdim=True).values
+    return shifted / (eps + shifted.max(dim=-1, keepdim=True).values)
 
 
 def softmax_scores(image_embedding: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
@@ -22,13 +22,20 @@ def softmax_scores(image_embedding: torch.Tensor, text: torch.Tensor, logit_scal
 
 
 def gradcam_weights(gradient: torch.Tensor) -> torch.Tensor:
-    """Channel weights [D] of GradCAM: the spatial mean of the gradient [N, D]."""
-    return gradient.mean(dim=0)
+    """Channel weights [..., D] of GradCAM: the spatial mean of the gradient [..., N, D]."""
+    return gradient.mean(dim=-2)
 
 
 def gradcam_map(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """min-max(ReLU(sum_d w_d A[:, d])) over the N positions of activation/gradient [N, D]."""
-    return minmax(torch.relu(activation @ gradcam_weights(gradient)))
+    """min-max(min-max(ReLU(sum_d w_d A[:, d]))) over the N positions of activation/gradient [N, D] (or batched
+    [..., N, D]).
+
+    Scaled twice as official CLIP-ES does (pytorch_grad_cam scales each layer's map, then the
+    layer mean again): the second pass divides by 1e-7 + (a peak just under 1), so the maps peak
+    at 1 to float32 rounding whatever the raw maximum, where one pass would peak at m / (m + 1e-7)
+    (0.91 for m = 1e-6) and move the box thresholds.
+    """
+    return minmax(minmax(torch.relu(activation @ gradcam_weights(gradient)[..., None])[..., 0]))
 
 
 def softmax_gradcam(activation: torch.Tensor, scores: torch.Tensor, num_targets: int) -> torch.Tensor:

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from ovss_cli.errors import UsageError
 from ovss_cli.wsss.affinity import attention_affinity, box_mask, refine_cam, sinkhorn_normalise
-from ovss_cli.wsss.crf import BilateralFilter, CrfParams, dense_crf, gaussian_message
+from ovss_cli.wsss.crf import BilateralFilter, CrfParams, LatticeBilateralFilter, dense_crf, gaussian_message
+from ovss_cli.wsss.lattice import PermutohedralLattice
 from ovss_cli.wsss.gradcam import gradcam_map, gradcam_weights, minmax, softmax_gradcam, softmax_scores
 from ovss_cli.wsss.vpl import (VplConfig, feature_span, fix_gauge, image_log_probabilities, learn_prototypes,
                                prototype_objective, region_embeddings, text_probabilities)
@@ -148,7 +150,7 @@ def test_bilateral_message_with_one_pixel_groups_is_the_dense_sum():
     features = np.concatenate([np.stack([ys, xs], -1) / 4.0, image / 20.0], -1).reshape(-1, 5)
     expected = brute_force_message(features, q.reshape(3, -1).double().numpy()).T.reshape(3, 12, 10)
     filtered = BilateralFilter(torch.from_numpy(image), sxy=4.0, srgb=20.0, cell=1)
-    assert np.allclose(filtered(q).numpy(), expected, atol=1e-4)
+    assert np.allclose(filtered(q.permute(1, 2, 0)).permute(2, 0, 1).numpy(), expected, atol=1e-4)
 
 
 def test_gaussian_message_is_the_truncated_dense_sum():
@@ -171,6 +173,7 @@ def test_grouped_bilateral_message_is_close_to_the_dense_one(noise):
     image = np.clip(image + rng.normal(0, noise, image.shape), 0, 255).astype(np.uint8)
     smooth = torch.nn.functional.interpolate(torch.randn(1, 3, 5, 6), size=(40, 48), mode="bilinear")[0]
     q = torch.softmax(3 * smooth, dim=0)
+    q = q.permute(1, 2, 0)
     exact = BilateralFilter(torch.from_numpy(image), 30.0, 3.0, cell=1)(q)
     grouped = BilateralFilter(torch.from_numpy(image), 30.0, 3.0, cell=4)
     assert grouped.num_groups < 40 * 48
@@ -179,8 +182,74 @@ def test_grouped_bilateral_message_is_close_to_the_dense_one(noise):
 
 def test_crf_results_agree_with_the_exact_dense_crf():
     image, probs, _ = two_region_scene(3)
-    labels = [dense_crf(image, probs, CrfParams(bilateral_sxy=20.0, bilateral_cell=c)).argmax(0) for c in (1, 4)]
+    labels = [dense_crf(image, probs, CrfParams(bilateral_sxy=20.0, bilateral_method="grouped", bilateral_cell=c)
+                        ).argmax(0) for c in (1, 4)]
     assert float((labels[0] == labels[1]).float().mean()) > 0.99
+
+
+def test_lattice_filter_approximates_the_dense_gaussian_sum():
+    rng = np.random.default_rng(4)
+    image = np.where(rng.random((30, 40, 1)) < 0.5, (200, 40, 40), (40, 60, 210)) + rng.normal(0, 8, (30, 40, 3))
+    ys, xs = np.mgrid[:30, :40]
+    features = np.concatenate([np.stack([xs, ys], -1) / 5.0, image / 20.0], -1).reshape(-1, 5)
+    values = rng.random((1200, 3))
+    kernel = np.exp(-0.5 * ((features[:, None] - features[None]) ** 2).sum(-1))
+    exact = kernel @ values / kernel.sum(1, keepdims=True)  # kernel-weighted means, in [0, 1]
+    lattice = PermutohedralLattice(torch.from_numpy(features).float())
+    approx = lattice(torch.from_numpy(values).float()) / lattice(torch.ones(1200, 1))
+    error = (approx.double() - torch.from_numpy(exact)).abs()
+    assert float(error.max()) < 0.03 and float(error.mean()) < 0.005
+    # A constant is reproduced exactly (splat and slice weights sum to 1); values matter, not just the degree.
+    assert torch.allclose(lattice(torch.full((1200, 1), 2.0)) / lattice(torch.ones(1200, 1)), torch.full((1200, 1), 2.0))
+    assert float((torch.from_numpy(exact - values.mean(0))).abs().max()) > 0.1  # a local mean, not a global one
+
+
+def textured_scene(seed: int, size=(48, 64)):
+    """Piecewise-constant colours in 12 x 16 px cells, mild noise, and a smooth CAM-like unary over 4 labels."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 255, (4, 4, 3))
+    image = np.kron(cells, np.ones((size[0] // 4, size[1] // 4, 1)))
+    image = np.clip(image + rng.normal(0, 1.5, image.shape), 0, 255).astype(np.uint8)
+    cams = torch.from_numpy(rng.random((3, size[0] // 16, size[1] // 16))).float()
+    cams = torch.nn.functional.interpolate(cams[None], size=size, mode="bilinear", align_corners=False)[0]
+    return image, torch.cat([1 - cams.max(0, keepdim=True).values, cams])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_crf_agrees_with_the_exact_dense_crf(seed):
+    image, probs = textured_scene(seed)
+    exact = dense_crf(image, probs, CrfParams(bilateral_method="grouped", bilateral_cell=1))
+    fast = dense_crf(image, probs)  # defaults: lattice on 4 x 4 blocks, jointly upsampled
+    full = dense_crf(image, probs, CrfParams(bilateral_downsample=1))  # the lattice alone
+    agreement = lambda q: float((q.argmax(0) == exact.argmax(0)).float().mean())
+    assert agreement(full) > 0.995 and float((full - exact).abs().mean()) < 0.005
+    assert agreement(fast) > 0.9 and float((fast - exact).abs().mean()) < 0.05
+    unary = dense_crf(image, probs, CrfParams(iterations=0))
+    assert agreement(unary) < agreement(fast)  # the CRF does move labels, and the fast one moves them alike
+
+
+def test_lattice_crf_is_a_mean_field():
+    image, probs = textured_scene(2)
+    marginals = dense_crf(image, probs)
+    assert torch.allclose(marginals.sum(0), torch.ones(48, 64), atol=1e-5) and bool((marginals >= 0).all())
+    # Without pairwise terms every iteration returns the unary's softmax, -log clip(p) as pydensecrf.
+    unary_only = dense_crf(image, probs, CrfParams(gaussian_weight=0.0, bilateral_weight=0.0))
+    assert torch.allclose(unary_only, torch.softmax(torch.log(probs.clamp(1e-5, 1)), dim=0), atol=1e-6)
+    assert not torch.allclose(marginals, unary_only, atol=1e-2)
+
+
+def test_joint_upsampling_takes_messages_from_blocks_of_the_pixels_own_colour():
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    image[:, :6] = (250, 20, 20)  # the edge at column 6 cuts the second 4 x 4 block column
+    image[:, 6:] = (20, 20, 250)
+    bilateral = LatticeBilateralFilter(torch.from_numpy(image), sxy=67.0, srgb=3.0, downsample=4)
+    weights = bilateral.upsample.to_dense().reshape(16, 16, 4, 4)
+    assert torch.allclose(weights.sum(dim=(2, 3)), torch.ones(16, 16), atol=1e-5)
+    # Pixel (8, 5) is red, in the mixed block (2, 1): its message comes from the pure red blocks of column 0.
+    assert float(weights[8, 5, :, 0].sum()) > 0.99
+    assert float(weights[8, 6, :, 2:].sum()) > 0.99  # and its blue neighbour's from the blue blocks
+    with pytest.raises(UsageError, match="bilateral_method"):
+        CrfParams(bilateral_method="permutohedral")
 
 
 def test_pair_budget_coarsens_the_groups():

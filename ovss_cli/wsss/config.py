@@ -13,6 +13,9 @@ from typing import Literal, Optional
 from ovss_cli.errors import UsageError
 
 
+BILATERAL_METHODS = ("lattice", "grouped")
+
+
 @dataclass(frozen=True)
 class CrfParams:
     """Dense CRF of CLIP-ES (pydensecrf's parameters), run as a torch mean-field."""
@@ -28,6 +31,15 @@ class CrfParams:
     max_pairs: float = 4e9  # most pixel x source-group pairs of one bilateral pass (groups coarsen to fit)
     cache_pairs: float = 1.5e8  # keep the bilateral kernel in memory when it has at most this many entries
     unary_clip: float = 1e-5  # pydensecrf's unary_from_softmax clip
+    bilateral_method: str = "lattice"  # "lattice" (4 x 4 blocks, permutohedral, fast) or "grouped" (reference)
+    bilateral_downsample: int = 4  # lattice: block size of the grid the bilateral message is computed on (1 = full)
+
+    def __post_init__(self):
+        if self.bilateral_method not in BILATERAL_METHODS:
+            raise UsageError(f"crf bilateral_method must be one of {', '.join(BILATERAL_METHODS)}, "
+                             f"got {self.bilateral_method!r}")
+        if self.bilateral_downsample < 1:
+            raise UsageError(f"crf bilateral_downsample must be at least 1, got {self.bilateral_downsample}")
 
 
 # CLIP-ES's CAM threshold for the affinity box masks: 0.4 of the maximum on VOC, 0.7 on COCO.

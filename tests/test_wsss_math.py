@@ -32,7 +32,8 @@ def test_sinkhorn_rows_exact_and_columns_converge():
 def test_affinity_is_symmetric_and_uses_only_the_last_layers_without_cls():
     maps = [attention_like(17, seed) for seed in range(5)]
     affinity = attention_affinity(maps, num_layers=3)
-    assert affinity.shape == (16, 16)
+    assert affinity.shape == (16, 16) and affinity.dtype == torch.float64  # float64 against amplified rounding
+    affinity = affinity.float()
     assert torch.allclose(affinity, affinity.T, atol=1e-6)
     assert bool((affinity >= 0).all())
     # The square of a (near) doubly-stochastic symmetric matrix: rows sum to about 1.
@@ -42,7 +43,9 @@ def test_affinity_is_symmetric_and_uses_only_the_last_layers_without_cls():
     for m in changed[2:]:
         m[0, :] = 0.5  # the class token's row and column are dropped
         m[:, 0] = 0.5
-    assert torch.allclose(attention_affinity(changed, num_layers=3), affinity, atol=1e-6)
+    assert torch.allclose(attention_affinity(changed, num_layers=3).float(), affinity, atol=1e-6)
+    batched = attention_affinity([torch.stack([m, c]) for m, c in zip(maps, changed)], num_layers=3)
+    assert batched.shape == (2, 16, 16) and torch.allclose(batched[0].float(), affinity, atol=1e-6)
     # A reference: mean, crop, 3 x (columns, rows), symmetrise, square.
     reference = torch.stack(maps[-3:]).mean(0)[1:, 1:]
     for _ in range(3):
@@ -223,7 +226,7 @@ def test_fast_crf_agrees_with_the_exact_dense_crf(seed):
     full = dense_crf(image, probs, CrfParams(bilateral_downsample=1))  # the lattice alone
     agreement = lambda q: float((q.argmax(0) == exact.argmax(0)).float().mean())
     assert agreement(full) > 0.995 and float((full - exact).abs().mean()) < 0.005
-    assert agreement(fast) > 0.9 and float((fast - exact).abs().mean()) < 0.05
+    assert agreement(fast) > 0.99 and float((fast - exact).abs().mean()) < 0.005
     unary = dense_crf(image, probs, CrfParams(iterations=0))
     assert agreement(unary) < agreement(fast)  # the CRF does move labels, and the fast one moves them alike
 

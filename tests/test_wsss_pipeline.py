@@ -106,6 +106,28 @@ def test_one_graph_gradcams_equal_a_fresh_pass_per_class(tiny):
     assert float(result.cams.min()) >= 0 and float(result.cams.max()) <= 1 + 1e-5
 
 
+def test_batched_cams_and_labels_equal_one_at_a_time(tiny):
+    text = encode_prompts(tiny, "ovss-tiny", ("cat", "dog", "bird", "sky", "road"))
+    rng = np.random.default_rng(3)
+    # Sizes: two share the resized 48 x 80 (a batch of two), one 48 x 80 alone in its own chunk, others differ.
+    sizes = [(48, 80), (45, 78), (64, 48), (48, 80), (33, 50), (64, 48)]
+    images = [rng.integers(0, 255, (*size, 3)).astype(np.uint8) for size in sizes]
+    keys = [[1, 3], [2], [1, 2, 3], [3], [], [2, 1]]
+    for scales in ((1.0,), (1.0, 0.5)):
+        config = ClipEsConfig(scales=scales)
+        cams = ClipEsCams(ClipEsBackbone(tiny), text[:3], text[3:], config)
+        batched = cams.batch(images, keys, max_batch=2)
+        for image, image_keys, together in zip(images, keys, batched):
+            alone = cams(image, image_keys)
+            assert together.keys == alone.keys == image_keys and together.grid == alone.grid
+            for field in ("cams", "patch_cams", "gradcams", "patch_embeddings"):
+                assert getattr(together, field).shape == getattr(alone, field).shape
+                assert torch.allclose(getattr(together, field), getattr(alone, field), atol=1e-5), field
+            assert np.array_equal(pseudo_label(together.cams, image_keys, image, config),
+                                  pseudo_label(alone.cams, image_keys, image, config))
+        assert batched[4].cams.shape == (0, 33, 50)
+
+
 def test_scales_average_the_per_scale_cams(tiny):
     text = encode_prompts(tiny, ("cat", "dog", "sky"))
     image = np.random.default_rng(2).integers(0, 255, (40, 56, 3)).astype(np.uint8)

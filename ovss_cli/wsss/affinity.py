@@ -12,18 +12,22 @@ import torch
 
 
 def sinkhorn_normalise(matrix: torch.Tensor, rounds: int = 3) -> torch.Tensor:
-    """Alternately divide by column sums, then by row sums, `rounds` times (rows sum to 1 exactly at the end)."""
+    """Alternately divide by column sums, then by row sums, `rounds` times (rows sum to 1 exactly at the end);
+    matrix [..., N, N]."""
     for _ in range(rounds):
-        matrix = matrix / matrix.sum(dim=0, keepdim=True)
-        matrix = matrix / matrix.sum(dim=1, keepdim=True)
+        matrix = matrix / matrix.sum(dim=-2, keepdim=True)
+        matrix = matrix / matrix.sum(dim=-1, keepdim=True)
     return matrix
 
 
 def attention_affinity(attentions: list[torch.Tensor], num_layers: int = 8, rounds: int = 3) -> torch.Tensor:
-    """[N, N] affinity from head-averaged attention maps [1 + N, 1 + N] (the last `num_layers` are used)."""
-    attention = torch.stack([a.float() for a in attentions[-num_layers:]]).mean(dim=0)[1:, 1:]  # class token dropped
+    """[..., N, N] float64 affinity from head-averaged attention maps [..., 1 + N, 1 + N] (the last `num_layers` are
+    used; a leading batch dimension is kept)."""
+    # float64: Sinkhorn, squaring and the min-max after it amplify float32 rounding (1e-7 in the attention became 2e-5
+    # in refined CAMs), enough for a batched and a one-image pass to disagree.
+    attention = torch.stack([a.double() for a in attentions[-num_layers:]]).mean(dim=0)[..., 1:, 1:]  # no class token
     transition = sinkhorn_normalise(attention, rounds)
-    transition = (transition + transition.T) / 2
+    transition = (transition + transition.transpose(-1, -2)) / 2
     return transition @ transition
 
 
@@ -50,6 +54,13 @@ def box_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
 
 def refine_cam(affinity: torch.Tensor, cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """min-max((A with columns outside `mask` zeroed) @ cam) for a flat cam [N] and a flat bool mask [N]."""
+    return refine_cams(affinity, cam[None], mask[None])[0]
+
+
+def refine_cams(affinity: torch.Tensor, cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """`refine_cam` for k maps of one image at once: cams [k, N], masks [k, N] -> [k, N] (one matrix product)."""
     from ovss_cli.wsss.gradcam import minmax
 
-    return minmax((affinity * mask.to(affinity.dtype)[None, :]) @ cam)
+    # (A with columns outside m zeroed) @ cam = A @ (m * cam): masking the sources instead of the matrix.
+    sources = (cams * masks.to(cams.dtype)).to(affinity.dtype)
+    return minmax((affinity @ sources.T).T).to(cams.dtype)

@@ -42,35 +42,67 @@ class ClipEsCams:
 
     def __call__(self, image: np.ndarray, keys: list[int]) -> ImageCams:
         """CAMs of classes `keys` (1..K) for RGB uint8 `image` [H, W, 3]."""
-        height, width = image.shape[:2]
-        if not keys:
-            empty = torch.zeros(0, height, width, device=self.backbone.device)
-            return ImageCams([], empty, empty.flatten(1), empty.flatten(1), empty.flatten(1), (0, 0))
-        results = [self._single_scale(image, keys, scale) for scale in self.config.scales]
-        cams = torch.stack([r[0] for r in results]).mean(dim=0)
-        _, patch_cams, gradcams, embeddings, grid = results[0]
-        return ImageCams(list(keys), cams, patch_cams, gradcams, embeddings, grid)
+        return self.batch([image], [keys])[0]
 
-    def _single_scale(self, image: np.ndarray, keys: list[int], scale: float):
-        from ovss_cli.wsss.affinity import attention_affinity, box_mask, refine_cam
-        from ovss_cli.wsss.gradcam import softmax_gradcam, softmax_scores
+    def batch(self, images: list[np.ndarray], keys: list[list[int]], max_batch: int = 8) -> list[ImageCams]:
+        """`self(image, keys)` for many images: those whose resized size is the same go through the network
+        together (up to `max_batch` at a time; nothing is padded, so each image's result is its own)."""
+        results: list[list] = [[] for _ in images]
+        for scale in self.config.scales:
+            prepared = {i: self.backbone.prepare_image(image, scale) for i, image in enumerate(images) if keys[i]}
+            buckets: dict[tuple, list[int]] = {}
+            for i, tensor in prepared.items():
+                buckets.setdefault(tuple(tensor.shape), []).append(i)
+            for members in buckets.values():
+                for start in range(0, len(members), max_batch):
+                    chunk = members[start:start + max_batch]
+                    tensors = torch.cat([prepared[i] for i in chunk])
+                    for i, result in zip(chunk, self._same_size_batch(tensors, [images[i] for i in chunk],
+                                                                      [keys[i] for i in chunk])):
+                        results[i].append(result)
+        output = []
+        for image, image_keys, per_scale in zip(images, keys, results):
+            if not image_keys:
+                height, width = image.shape[:2]
+                empty = torch.zeros(0, height, width, device=self.backbone.device)
+                output.append(ImageCams([], empty, empty.flatten(1), empty.flatten(1), empty.flatten(1), (0, 0)))
+                continue
+            cams = torch.stack([r[0] for r in per_scale]).mean(dim=0)
+            _, patch_cams, gradcams, embeddings, grid = per_scale[0]
+            output.append(ImageCams(list(image_keys), cams, patch_cams, gradcams, embeddings, grid))
+        return output
+
+    def _same_size_batch(self, tensors: torch.Tensor, images: list[np.ndarray], keys: list[list[int]]) -> list[tuple]:
+        """Per image (CAMs at the image size, refined patch CAMs, GradCAMs, patch embeddings, grid) for same-size
+        inputs [B, 3, H, W]: one frozen pass, one last-block graph, one backward per class slot."""
+        from ovss_cli.wsss.affinity import attention_affinity, box_mask, refine_cams
+        from ovss_cli.wsss.gradcam import batch_softmax_gradcam, batch_softmax_scores
 
         cfg = self.config
-        frozen = self.backbone.frozen_layers(self.backbone.prepare_image(image, scale))
-        text = torch.cat([self.foreground[[k - 1 for k in keys]], self.background])
+        num_classes, device = self.foreground.shape[0], self.backbone.device
+        frozen = self.backbone.frozen_layers_batch(tensors)
+        text = torch.cat([self.foreground, self.background])
+        allowed = torch.zeros(len(keys), text.shape[0], dtype=torch.bool, device=device)
+        allowed[:, num_classes:] = True
+        slots = max(len(k) for k in keys)
+        # Column of each (image, slot) score; slots an image does not fill repeat its first class (maps dropped).
+        columns = torch.tensor([[k[min(c, len(k) - 1)] - 1 for c in range(slots)] for k in keys], device=device)
+        allowed.scatter_(1, columns, True)
         with torch.enable_grad():
-            last = self.backbone.last_block(frozen.tokens)
-            scores = softmax_scores(last.image_embedding, text, cfg.logit_scale)
-            gradcams = softmax_gradcam(last.activation, scores, len(keys)).float()
-        affinity = attention_affinity([*frozen.attentions, last.attention], cfg.affinity_layers, cfg.sinkhorn_rounds)
-        refined = []
-        for cam in gradcams:
-            mask = box_mask(cam.reshape(frozen.grid).cpu().numpy(), cfg.box_threshold)
-            refined.append(refine_cam(affinity, cam, torch.from_numpy(mask).to(cam.device).flatten()))
-        patch_cams = torch.stack(refined)
-        highres = F.interpolate(patch_cams.reshape(len(keys), 1, *frozen.grid), size=image.shape[:2],
-                                mode="bilinear", align_corners=False)[:, 0]
-        return highres, patch_cams, gradcams, last.patch_embeddings.detach().float(), frozen.grid
+            last = self.backbone.last_block_batch(frozen.tokens)
+            scores = batch_softmax_scores(last.image_embedding, text, allowed, cfg.logit_scale)
+            gradcams = batch_softmax_gradcam(last.activation, scores.gather(1, columns)).float()
+        affinities = attention_affinity([*frozen.attentions, last.attention], cfg.affinity_layers, cfg.sinkhorn_rounds)
+        results = []
+        for b, (image, image_keys) in enumerate(zip(images, keys)):
+            maps = gradcams[b, :len(image_keys)]
+            masks = torch.from_numpy(np.stack([box_mask(cam.reshape(frozen.grid).cpu().numpy(), cfg.box_threshold)
+                                               for cam in maps])).to(device).flatten(1)
+            patch_cams = refine_cams(affinities[b], maps, masks)
+            highres = F.interpolate(patch_cams.reshape(len(image_keys), 1, *frozen.grid), size=image.shape[:2],
+                                    mode="bilinear", align_corners=False)[:, 0]
+            results.append((highres, patch_cams, maps, last.patch_embeddings[b].detach().float(), frozen.grid))
+        return results
 
 
 def pseudo_label(cams: torch.Tensor, keys: list[int], image: np.ndarray, config: ClipEsConfig) -> np.ndarray:

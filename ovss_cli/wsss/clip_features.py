@@ -23,17 +23,17 @@ POS_INTERPOLATIONS = ("bilinear", "bicubic")
 
 @dataclass
 class FrozenPass:
-    tokens: torch.Tensor  # [1 + N, width] input of the last block (no gradient)
-    attentions: list[torch.Tensor]  # head-averaged [1 + N, 1 + N] of blocks 1..L-1
+    tokens: torch.Tensor  # [1 + N, width] input of the last block (no gradient); [B, 1 + N, width] for a batch
+    attentions: list[torch.Tensor]  # head-averaged [1 + N, 1 + N] ([B, 1 + N, 1 + N]) of blocks 1..L-1
     grid: tuple[int, int]  # patch grid (h, w), N = h * w
 
 
 @dataclass
 class LastBlockPass:
-    activation: torch.Tensor  # ln_1 output [1, 1 + N, width]: GradCAM's target layer, an autograd leaf
-    attention: torch.Tensor  # head-averaged [1 + N, 1 + N], detached
-    patch_embeddings: torch.Tensor  # [N, C] patch tokens after ln_post and proj (joint space), in the graph
-    image_embedding: torch.Tensor  # [C] mean of the patch embeddings, in the graph
+    activation: torch.Tensor  # ln_1 output [B, 1 + N, width]: GradCAM's target layer, an autograd leaf (B = 1 alone)
+    attention: torch.Tensor  # head-averaged [1 + N, 1 + N] ([B, 1 + N, 1 + N] for a batch), detached
+    patch_embeddings: torch.Tensor  # [N, C] ([B, N, C]) patch tokens after ln_post and proj (joint space), in the graph
+    image_embedding: torch.Tensor  # [C] ([B, C]) mean of the patch embeddings, in the graph
 
 
 def block_after_ln1(block: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,9 +79,14 @@ class ClipEsBackbone(nn.Module):
         resized = np.array(Image.fromarray(image).resize(size, resample)) if size != (width, height) else image
         return self.norm.to_tensor(resized, self.device).unsqueeze(0)
 
-    @torch.no_grad()
     def frozen_layers(self, images: torch.Tensor) -> FrozenPass:
         """Blocks 1..L-1 on one image [1, 3, H, W]: the last block's input and every block's attention."""
+        batch = self.frozen_layers_batch(images)
+        return FrozenPass(tokens=batch.tokens[0], attentions=[a[0] for a in batch.attentions], grid=batch.grid)
+
+    @torch.no_grad()
+    def frozen_layers_batch(self, images: torch.Tensor) -> FrozenPass:
+        """Blocks 1..L-1 on same-size images [B, 3, H, W] (images never mix: attention is within each image)."""
         visual = self.clip.visual
         x = visual.conv1(images)
         grid = (int(x.shape[-2]), int(x.shape[-1]))
@@ -92,16 +97,22 @@ class ClipEsBackbone(nn.Module):
         attentions = []
         for block in visual.transformer.resblocks[:-1]:
             x, weights = block_after_ln1(block, x, block.ln_1(x))
-            attentions.append(weights[0])
-        return FrozenPass(tokens=x[0], attentions=attentions, grid=grid)
+            attentions.append(weights)
+        return FrozenPass(tokens=x, attentions=attentions, grid=grid)
 
     def last_block(self, tokens: torch.Tensor) -> LastBlockPass:
         """The last block on the frozen tokens [1 + N, width], inside autograd (call under enable_grad)."""
+        batch = self.last_block_batch(tokens.unsqueeze(0))
+        return LastBlockPass(activation=batch.activation, attention=batch.attention[0],
+                             patch_embeddings=batch.patch_embeddings[0], image_embedding=batch.image_embedding[0])
+
+    def last_block_batch(self, tokens: torch.Tensor) -> LastBlockPass:
+        """The last block on frozen tokens [B, 1 + N, width], inside autograd (call under enable_grad)."""
         visual = self.clip.visual
-        block, x = visual.transformer.resblocks[-1], tokens.unsqueeze(0)
+        block, x = visual.transformer.resblocks[-1], tokens
         # The frozen weights and input leave ln_1's output outside autograd: make it the leaf GradCAM differentiates.
         activation = block.ln_1(x).detach().requires_grad_(True)
         out, weights = block_after_ln1(block, x, activation)
-        patches = visual.ln_post(out[0, 1:]) @ visual.proj
-        return LastBlockPass(activation=activation, attention=weights[0].detach(), patch_embeddings=patches,
-                             image_embedding=patches.mean(dim=0))
+        patches = visual.ln_post(out[:, 1:]) @ visual.proj
+        return LastBlockPass(activation=activation, attention=weights.detach(), patch_embeddings=patches,
+                             image_embedding=patches.mean(dim=1))

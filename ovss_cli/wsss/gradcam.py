@@ -38,6 +38,32 @@ def gradcam_map(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tenso
     return minmax(minmax(torch.relu(activation @ gradcam_weights(gradient)[..., None])[..., 0]))
 
 
+def batch_softmax_scores(image_embeddings: torch.Tensor, text: torch.Tensor, allowed: torch.Tensor,
+                         logit_scale: float) -> torch.Tensor:
+    """`softmax_scores` for B images [B, C] at once, each over its own rows of `text` [M, C]: allowed [B, M] bool
+    (an image's present classes and the background words); other rows get probability 0."""
+    images = image_embeddings / image_embeddings.norm(dim=-1, keepdim=True)
+    logits = (logit_scale * (images @ text.T)).masked_fill(~allowed, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def batch_softmax_gradcam(activation: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """GradCAMs [B, k, N] of targets [B, k] (target (b, c) a function of image b only) at activation [B, 1 + N, D].
+
+    Images never mix in the forward pass, so the gradient of sum_b targets[b, c] with respect to
+    image b's activation is that of targets[b, c] alone: one backward per class slot c serves the
+    whole batch (k backwards, not B x k). Slots an image does not fill can hold any target; their
+    maps are simply ignored.
+    """
+    patches = activation[:, 1:].detach()
+    slots = targets.shape[1]
+    cams = []
+    for c in range(slots):
+        (gradient,) = torch.autograd.grad(targets[:, c].sum(), activation, retain_graph=c < slots - 1)
+        cams.append(gradcam_map(patches, gradient[:, 1:]))
+    return torch.stack(cams, dim=1)
+
+
 def softmax_gradcam(activation: torch.Tensor, scores: torch.Tensor, num_targets: int) -> torch.Tensor:
     """GradCAMs [num_targets, N] of scores[0..num_targets-1] at `activation` [1, 1 + N, D] (an autograd leaf).
 

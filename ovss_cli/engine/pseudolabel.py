@@ -82,38 +82,45 @@ def prepare_output(out_dir: Path, settings: dict, is_main: bool) -> None:
     barrier()
 
 
-def generate_pseudolabels(dataset: ImageLabelSet, cams: ClipEsCams, out_dir: Path, dist, progress: bool = True
-                          ) -> PseudoLabelSummary:
-    """Write `<out_dir>/<id>.png` for this rank's images (finished ones skipped) and score all against ground truth."""
+def generate_pseudolabels(dataset: ImageLabelSet, cams: ClipEsCams, out_dir: Path, dist, progress: bool = True,
+                          batch_size: int = 8) -> PseudoLabelSummary:
+    """Write `<out_dir>/<id>.png` for this rank's images (finished ones skipped) and score all against ground truth.
+
+    Images are taken `batch_size` at a time; those of the same size share the network's passes.
+    """
     confusion = ConfusionMatrix(dataset.num_classes, device=dist.device)
     # images, written, skipped, images with ground truth, labelled gt pixels, valid gt pixels
     counts = torch.zeros(6, dtype=torch.float64, device=dist.device)
-    indices = range(dist.rank, len(dataset), dist.world_size)
-    for index in track(indices, len(indices), "pseudo-labels", enabled=progress and dist.is_main):
-        image_id = dataset.items[index].image_id
-        if is_finished(out_dir, image_id):
-            label = read_label(label_path(out_dir, image_id))
-            counts[2] += 1
-        else:
-            image = dataset.image(index)
-            keys = dataset.image_labels(index)
-            label = pseudo_label(cams(image, keys).cams, keys, image, cams.config)
-            write_label_png(label_path(out_dir, image_id), label, num_classes=255)  # palette PNG of the ids
-            counts[1] += 1
-        counts[0] += 1
-        truth = dataset.ground_truth(index)
-        if truth is not None:
-            if truth.shape != label.shape:
-                raise UsageError(f"pseudo-label {label_path(out_dir, image_id)} is {label.shape[1]}x{label.shape[0]} "
-                                 f"but its image is {truth.shape[1]}x{truth.shape[0]}; delete the folder and re-run")
-            prediction = torch.as_tensor(label, device=dist.device).long()
-            target = torch.as_tensor(truth, device=dist.device).long()
-            valid = target != IGNORE
-            target = torch.where(prediction == IGNORE, torch.full_like(target, IGNORE), target)
-            confusion.update(prediction, target, IGNORE)
-            counts[3] += 1
-            counts[4] += float((target != IGNORE).sum())
-            counts[5] += float(valid.sum())
+    indices = list(range(dist.rank, len(dataset), dist.world_size))
+    chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    for chunk in track(chunks, len(chunks), "pseudo-labels", enabled=progress and dist.is_main):
+        todo = [index for index in chunk if not is_finished(out_dir, dataset.items[index].image_id)]
+        images = {index: dataset.image(index) for index in todo}
+        keys = {index: dataset.image_labels(index) for index in todo}
+        results = dict(zip(todo, cams.batch([images[i] for i in todo], [keys[i] for i in todo], batch_size)))
+        for index in chunk:
+            image_id = dataset.items[index].image_id
+            if index in results:
+                label = pseudo_label(results[index].cams, keys[index], images[index], cams.config)
+                write_label_png(label_path(out_dir, image_id), label, num_classes=255)  # palette PNG of the ids
+                counts[1] += 1
+            else:
+                label = read_label(label_path(out_dir, image_id))
+                counts[2] += 1
+            counts[0] += 1
+            truth = dataset.ground_truth(index)
+            if truth is not None:
+                if truth.shape != label.shape:
+                    raise UsageError(f"pseudo-label {label_path(out_dir, image_id)} is {label.shape[1]}x{label.shape[0]} "
+                                     f"but its image is {truth.shape[1]}x{truth.shape[0]}; delete the folder and re-run")
+                prediction = torch.as_tensor(label, device=dist.device).long()
+                target = torch.as_tensor(truth, device=dist.device).long()
+                valid = target != IGNORE
+                target = torch.where(prediction == IGNORE, torch.full_like(target, IGNORE), target)
+                confusion.update(prediction, target, IGNORE)
+                counts[3] += 1
+                counts[4] += float((target != IGNORE).sum())
+                counts[5] += float(valid.sum())
     confusion.all_reduce()
     if dist.distributed:
         import torch.distributed as torch_dist

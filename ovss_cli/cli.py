@@ -83,6 +83,7 @@ benchmark_app = typer.Typer(help="Speed and memory of training and inference, as
                             no_args_is_help=True)
 benchmark_app.command("train")(friendly_errors(benchmark_cmd.benchmark_train))
 benchmark_app.command("eval")(friendly_errors(benchmark_cmd.benchmark_eval))
+benchmark_app.command("pseudolabel")(friendly_errors(benchmark_cmd.benchmark_pseudolabel))
 app.add_typer(benchmark_app, name="benchmark")
 
 

@@ -229,3 +229,102 @@ def benchmark_eval(
     _report(f"ovss benchmark eval: {parsed.name} on {bench} ({len(names)} classes), {mode}, {precision}, {device}",
             [(f"{parsed.method} inference ({num_views} views/image)", 1, *full),
              (f"{parsed.clip.name} image encoder ({num_views} views)", 1, *ceiling)], note)
+
+
+# ------------------------------------------------------------------ pseudolabel
+VOC_SIZES = ((375, 500), (500, 333))  # the two most common VOC 2012 image shapes (height, width)
+
+
+def _synthetic_voc_images(count: int, seed: int = 0) -> list:
+    """VOC-sized RGB uint8 images, alternating 375 x 500 and 500 x 333: smooth colour fields with mild noise."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for i in range(count):
+        height, width = VOC_SIZES[i % len(VOC_SIZES)]
+        field = torch.rand(1, 3, 6, 8, generator=generator) * 255
+        smooth = F.interpolate(field, size=(height, width), mode="bilinear", align_corners=False)[0]
+        noisy = smooth + 2 * torch.randn(smooth.shape, generator=generator)
+        images.append(noisy.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy().copy())
+    return images
+
+
+def _pseudolabel_rows(cams, images: list, keys: list, batch: int, config) -> list[tuple[str, float]]:
+    """(what, seconds for all images) of one-at-a-time and batched CAMs, each without and with the dense CRF."""
+    import dataclasses
+
+    from ovss_cli.wsss.clip_es import pseudo_label
+
+    plain = dataclasses.replace(config, crf=None)
+    rows = []
+    for crf_config, crf_name in ((plain, "no CRF"), (config, "with CRF")):
+        for size, mode in ((1, "one at a time"), (batch, f"batched ({batch})")):
+            def run() -> None:
+                for start in range(0, len(images), size):
+                    chunk = slice(start, start + size)
+                    for image, image_keys, result in zip(images[chunk], keys[chunk],
+                                                         cams.batch(images[chunk], keys[chunk], size)):
+                        pseudo_label(result.cams, image_keys, image, crf_config)
+
+            seconds, _ = time_calls(run, 1, 0, str(cams.backbone.device))
+            rows.append((f"{mode}, {crf_name}", seconds))
+    return rows
+
+
+def benchmark_pseudolabel(
+    images: int = typer.Option(8, "--images", min=1, help="Synthetic VOC-sized images (alternating 375x500 and 500x333)."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Images per batch in the batched rows."),
+    classes: int = typer.Option(2, "--classes", min=1, max=20, help="Present classes per image (VOC averages 1.5)."),
+    clip_model: str = typer.Option("ViT-B-16", "--clip-model", help="open_clip ViT (random weights)."),
+    device: str = common.DeviceOption,
+) -> None:
+    """CLIP-ES pseudo-label speed (img/s): one image at a time vs batched, without and with the dense CRF.
+
+    Random weights and synthetic images (speed does not depend on them), VOC's 20 classes and 25 background words.
+    Also times the dense CRF alone on a 375x500 image with 21 labels.
+
+    Example: OMP_NUM_THREADS=2 ovss benchmark pseudolabel --images 8 --device cpu
+    """
+    import torch
+
+    from ovss_cli.clip.zoo import create_clip
+    from ovss_cli.runtime.seeding import seed_everything
+    from ovss_cli.wsss.clip_es import ClipEsCams, ClipEsConfig
+    from ovss_cli.wsss.clip_features import ClipEsBackbone
+    from ovss_cli.wsss.crf import CrfParams, dense_crf
+    from ovss_cli.wsss.names import VOC_BACKGROUND_WORDS, VOC_PROMPT_NAMES
+
+    device = common.resolve_device(device)
+    seed_everything(0)
+    model = create_clip(clip_model, None).to(device).eval()
+    width = int(model.text_projection.shape[1]) if model.text_projection is not None else int(model.visual.proj.shape[1])
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randn(len(VOC_PROMPT_NAMES) + len(VOC_BACKGROUND_WORDS), width, generator=generator)
+    config = ClipEsConfig()
+    cams = ClipEsCams(ClipEsBackbone(model), text[:len(VOC_PROMPT_NAMES)], text[len(VOC_PROMPT_NAMES):], config)
+    pictures = _synthetic_voc_images(images)
+    keys = [sorted(torch.randperm(len(VOC_PROMPT_NAMES), generator=generator)[:classes].add(1).tolist())
+            for _ in pictures]
+    cams.batch(pictures[:1], keys[:1])  # warm-up (allocator, kernels)
+    rows = _pseudolabel_rows(cams, pictures, keys, batch, config)
+
+    scores = torch.rand(21, *VOC_SIZES[0], generator=generator).to(device)
+    crf_seconds, _ = time_calls(lambda: dense_crf(pictures[0], scores, CrfParams()), 2, 1, device)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    threads = torch.get_num_threads() if device == "cpu" else None
+    title = (f"ovss benchmark pseudolabel: {clip_model} (random), {images} VOC-sized images, {classes} classes each, "
+             f"{device}" + (f", {threads} threads" if threads else ""))
+    table = Table(title=title)
+    for column in ("what", "img/s", "s/img", "vs one at a time"):
+        table.add_column(column, justify="left" if column == "what" else "right")
+    for index, (what, seconds) in enumerate(rows):
+        reference = rows[index - index % 2][1]  # the one-at-a-time row with the same CRF setting
+        table.add_row(what, f"{images / seconds:.2f}", f"{seconds / images:.3f}", f"{reference / seconds:.2f}x")
+    Console(width=max(110, Console().width)).print(table)
+    typer.echo(f"dense CRF alone, 375x500, 21 labels, 10 iterations: {1000 * crf_seconds:.0f} ms/image")

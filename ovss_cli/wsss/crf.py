@@ -93,15 +93,19 @@ class LatticeBilateralFilter:
         if downsample > 1:
             self.upsample = self._joint_upsampling(image.float(), colour, sxy, srgb)
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        """[H, W, C] -> [ceil(H / step), ceil(W / step), C] block means (the last row / column replicated to fill)."""
-        if self.step == 1:
-            return x
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[H, W, C] -> [step h, step w, C], whole blocks (the last row / column replicated)."""
         blocks = tuple(-(-n // self.step) for n in self.size)
         for dim, size in enumerate(self.size):
             if size % self.step:
                 x = x.index_select(dim, torch.arange(self.step * blocks[dim], device=x.device).clamp_max(size - 1))
-        return labels_innermost(F.avg_pool2d(channels_last(x.contiguous()), self.step))
+        return x
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """[H, W, C] -> [ceil(H / step), ceil(W / step), C] block means (the last row / column replicated to fill)."""
+        if self.step == 1:
+            return x
+        return labels_innermost(F.avg_pool2d(channels_last(self._pad(x).contiguous()), self.step))
 
     def _joint_upsampling(self, image: torch.Tensor, colour: torch.Tensor, sxy: float, srgb: float,
                           fallback: float = 1e-3) -> torch.Tensor:
@@ -112,27 +116,27 @@ class LatticeBilateralFilter:
         from ovss_cli.wsss.lattice import csr_from_rows
 
         height, width = self.size
-        device = image.device
-        ys, xs = (torch.arange(n, device=device, dtype=torch.float32) for n in self.size)
-        # Per axis: the 3 candidate blocks around each pixel's own, their centres' offsets and bilinear (tent) weights.
-        axes = []
-        for coords, blocks in ((ys, self.grid[0]), (xs, self.grid[1])):
-            index = torch.div(coords, self.step, rounding_mode="floor").long()[:, None] + torch.arange(-1, 2, device=device)
-            offset = coords[:, None] - (index.float() * self.step + (self.step - 1) / 2)
-            tent = (1 - offset.abs() / self.step).clamp_min(0)
-            valid = (index >= 0) & (index < blocks)
-            axes.append((index.clamp(0, blocks - 1), offset, tent, valid))
-        (iy, oy, ty, vy), (ix, ox, tx, vx) = axes
-        shape = (height, width, 3, 3)
-        block = (iy[:, None, :, None] * self.grid[1] + ix[None, :, None, :]).expand(shape)
-        valid = (vy[:, None, :, None] & vx[None, :, None, :]).expand(shape)
-        distance = (oy[:, None, :, None] ** 2 + ox[None, :, None, :] ** 2) / (2 * sxy**2)
-        colour_distance = (image[:, :, None, None, :] - colour.reshape(-1, 3)[block]).pow(2).sum(-1) / (2 * srgb**2)
-        weight = torch.exp(-distance - colour_distance) + fallback * ty[:, None, :, None] * tx[None, :, None, :]
-        weight = torch.where(valid, weight, torch.zeros(()))
-        weight = (weight / weight.sum(dim=(2, 3), keepdim=True)).reshape(height * width, 9)
-        columns = torch.where(valid, block, -1).reshape(height * width, 9)
-        return csr_from_rows(columns, weight, self.grid[0] * self.grid[1])
+        (h, w), step, device = self.grid, self.step, image.device
+        # Everything factors over (block row, row in block, block column, column in block, neighbour dy, dx).
+        pixels = self._pad(image).reshape(h, step, w, step, 1, 1, 3)
+        around = F.pad(colour.permute(2, 0, 1)[None], (1, 1, 1, 1), mode="replicate")[0]  # [3, h + 2, w + 2]
+        around = around.unfold(1, 3, 1).unfold(2, 3, 1).permute(1, 2, 3, 4, 0)  # [h, w, dy, dx, 3]
+        colour_distance = (pixels - around[:, None, :, None]).pow(2).sum(-1) / (2 * srgb**2)
+        shift = torch.arange(-1, 2, device=device)
+        inside = torch.arange(step, device=device, dtype=torch.float32)
+        offset = inside[:, None] - (shift[None, :] * step + (step - 1) / 2)  # [step, 3]: pixel - block centre
+        tent = (1 - offset.abs() / step).clamp_min(0)
+        spatial = torch.exp(-offset**2 / (2 * sxy**2))
+        weight = torch.exp(-colour_distance) * spatial[None, :, None, None, :, None] * spatial[None, None, None, :, None, :]
+        weight += fallback * tent[None, :, None, None, :, None] * tent[None, None, None, :, None, :]
+        rows = torch.arange(h, device=device)[:, None] + shift  # [h, 3] neighbour block rows
+        cols = torch.arange(w, device=device)[:, None] + shift
+        valid = ((rows >= 0) & (rows < h))[:, None, None, None, :, None] & ((cols >= 0) & (cols < w))[None, None, :, None, None, :]
+        weight = torch.where(valid, weight, torch.zeros((), device=device))
+        block = torch.where(valid, rows[:, None, None, None, :, None] * w + cols[None, None, :, None, None, :], -1)
+        crop = lambda x: x.expand(h, step, w, step, 3, 3).reshape(h * step, w * step, 9)[:height, :width].reshape(-1, 9)
+        weight = crop(weight)
+        return csr_from_rows(crop(block), weight / weight.sum(dim=1, keepdim=True), h * w, ascending=True)
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         low = self._pool(q).reshape(-1, q.shape[-1])  # [n, L]
@@ -212,7 +216,7 @@ def dense_crf(image: np.ndarray, probabilities: torch.Tensor, params: CrfParams 
     # Labels innermost ([H, W, L]): the softmax, the depthwise convolution and the lattice's [pixels, labels]
     # products all run several times faster on CPU in this layout.
     logits = torch.log(probabilities.float().clamp(params.unary_clip, 1.0)).permute(1, 2, 0).contiguous()
-    q = torch.softmax(logits, dim=-1)
+    q = softmax_labels(logits)
     if params.iterations == 0:
         return q.permute(2, 0, 1).contiguous()
     pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device)
@@ -226,5 +230,14 @@ def dense_crf(image: np.ndarray, probabilities: torch.Tensor, params: CrfParams 
     for _ in range(params.iterations):
         total = gaussian(q).mul_(params.gaussian_weight)  # in place: each full-size pass costs as much as a filter
         total.add_(bilateral(q), alpha=params.bilateral_weight).add_(logits)
-        q = torch.softmax(total, dim=-1)
+        q = softmax_labels(total)
     return q.permute(2, 0, 1).contiguous()
+
+
+def softmax_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last (label) dimension; written out for a few labels, where torch.softmax's CPU kernel is
+    several times slower than three elementwise passes."""
+    if logits.shape[-1] > 8:
+        return torch.softmax(logits, dim=-1)
+    shifted = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+    return shifted.div_(shifted.sum(dim=-1, keepdim=True))

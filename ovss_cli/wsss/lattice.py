@@ -114,9 +114,11 @@ def csr(counts: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, size:
         return torch.sparse_csr_tensor(rows, columns, values, size)
 
 
-def csr_from_rows(columns: torch.Tensor, values: torch.Tensor, width: int) -> torch.Tensor:
-    """CSR [R, width] from at most k entries per row: columns [R, k] (-1: no entry) and values [R, k]."""
-    columns, order = torch.sort(columns, dim=1)  # CSR wants each row's columns ascending
-    values = torch.gather(values, 1, order)
+def csr_from_rows(columns: torch.Tensor, values: torch.Tensor, width: int, ascending: bool = False) -> torch.Tensor:
+    """CSR [R, width] from at most k entries per row: columns [R, k] (-1: no entry) and values [R, k]
+    (`ascending`: each row's present columns are already in ascending order)."""
+    if not ascending:
+        columns, order = torch.sort(columns, dim=1)  # CSR wants each row's columns ascending
+        values = torch.gather(values, 1, order)
     present = columns >= 0
     return csr(present.sum(1), columns[present], values[present], (columns.shape[0], width))

@@ -50,3 +50,18 @@ def test_benchmark_eval_reports_inference_speed():
     assert all(rate > 0 for rate in rates(result.output))
     result = runner.invoke(app, ["benchmark", "eval", str(QUICKSTART), "--bench", "ade15"])
     assert result.exit_code == 2 and "did you mean 'ade150'" in result.output
+
+
+def test_benchmark_pseudolabel_times_batched_and_single_with_and_without_crf():
+    result = runner.invoke(app, ["benchmark", "pseudolabel", "--images", "3", "--batch", "2", "--clip-model",
+                                 "ovss-tiny", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    names = [re.split(r"\s*│\s*", row)[1] for row in rows]
+    assert names == ["one at a time, no CRF", "batched (2), no CRF", "one at a time, with CRF", "batched (2), with CRF"]
+    for row in rows:
+        cells = re.split(r"\s*│\s*", row)
+        rate, seconds = float(cells[2]), float(cells[3])
+        assert rate > 0 and rate == pytest.approx(1 / seconds, rel=0.05)  # img/s and s/img describe one timing
+    assert re.search(r"dense CRF alone, 375x500, 21 labels, 10 iterations: \d+ ms/image", result.output)
+    assert "3 VOC-sized images" in result.output.replace("\n", " ")

@@ -11,12 +11,16 @@ implementations (`CrfParams.bilateral_method`):
 - "lattice" (default, fast): the message is computed on the image downsampled by
   `bilateral_downsample` (4: one point per 4 x 4 block, at the block's mean colour, carrying
   the block's mean Q) with a permutohedral lattice (`wsss.lattice`, the approximation
-  pydensecrf itself makes), then upsampled bilinearly to every pixel. It approximates the
-  dense message in two ways: the lattice's piecewise-linear Gaussian (about 1-2% of the
-  normalised message) and a message that is smooth at the block scale, so label edges follow
-  colour edges to within about half a block (the unary and the exact Gaussian term still act
-  per pixel). With sxy 67 the spatial kernel changes by under 0.2% across a block. A 375 x 500
-  image with 21 labels takes about half a second on one CPU core.
+  pydensecrf itself makes), then brought to every pixel by joint bilateral upsampling: the
+  mean of the 3 x 3 nearest blocks' messages weighted by the bilateral kernel between the
+  pixel's own colour and each block, so a pixel beside a colour edge takes the message of the
+  blocks of its colour. It approximates the dense message in three ways: the lattice's
+  piecewise-linear Gaussian (about 1-2% of the normalised message), block means (with sxy 67
+  the spatial kernel changes by under 0.2% across a block) and the upsampling, which gives a
+  pixel of a rare colour (noise, steep gradients, fine texture) its neighbourhood's message
+  where the dense CRF would leave it near its unary. Labels match the exact CRF on
+  piecewise-smooth scenes (tests) and about 91% of pixels on adversarial steep-gradient ones;
+  a 375 x 500 image with 21 labels takes about half a second on one CPU core.
 - "grouped" (slow reference): every pixel against sources grouped by spatial block
   (sxy / 16 = 4 px) and colour bin (srgb / 2), each group one source at its members' mean
   position and colour carrying the sum of their values; with `bilateral_cell=1` it is the exact

@@ -69,9 +69,4 @@ def softmax_gradcam(activation: torch.Tensor, scores: torch.Tensor, num_targets:
 
     One backward per target through the graph built once; the class token (position 0) is dropped.
     """
-    patches = activation[0, 1:].detach()
-    cams = []
-    for k in range(num_targets):
-        (gradient,) = torch.autograd.grad(scores[k], activation, retain_graph=k < num_targets - 1)
-        cams.append(gradcam_map(patches, gradient[0, 1:]))
-    return torch.stack(cams)
+    return batch_softmax_gradcam(activation, scores[None, :num_targets])[0]

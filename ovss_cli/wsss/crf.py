@@ -20,7 +20,7 @@ implementations (`CrfParams.bilateral_method`):
   pixel of a rare colour (noise, steep gradients, fine texture) its neighbourhood's message
   where the dense CRF would leave it near its unary. Labels match the exact CRF on
   piecewise-smooth scenes (tests) and about 91% of pixels on adversarial steep-gradient ones;
-  a 375 x 500 image with 21 labels takes about half a second on one CPU core.
+  a 375 x 500 image with 21 labels takes about 0.6 s on one CPU core.
 - "grouped" (slow reference): every pixel against sources grouped by spatial block
   (sxy / 16 = 4 px) and colour bin (srgb / 2), each group one source at its members' mean
   position and colour carrying the sum of their values; with `bilateral_cell=1` it is the exact

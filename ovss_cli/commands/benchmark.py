@@ -302,9 +302,10 @@ def benchmark_pseudolabel(
 
     from ovss_cli.clip.zoo import create_clip
     from ovss_cli.runtime.seeding import seed_everything
-    from ovss_cli.wsss.clip_es import ClipEsCams, ClipEsConfig
+    from ovss_cli.wsss.clip_es import ClipEsCams
     from ovss_cli.wsss.clip_features import ClipEsBackbone
-    from ovss_cli.wsss.crf import CrfParams, dense_crf
+    from ovss_cli.wsss.config import ClipEsConfig, CrfParams
+    from ovss_cli.wsss.crf import dense_crf
     from ovss_cli.wsss.names import VOC_BACKGROUND_WORDS, VOC_PROMPT_NAMES
 
     device = common.resolve_device(device)

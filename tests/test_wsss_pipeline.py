@@ -107,7 +107,7 @@ def test_one_graph_gradcams_equal_a_fresh_pass_per_class(tiny):
 
 
 def test_batched_cams_and_labels_equal_one_at_a_time(tiny):
-    text = encode_prompts(tiny, "ovss-tiny", ("cat", "dog", "bird", "sky", "road"))
+    text = encode_prompts(tiny, ("cat", "dog", "bird", "sky", "road"))
     rng = np.random.default_rng(3)
     # Sizes: two share the resized 48 x 80 (a batch of two), one 48 x 80 alone in its own chunk, others differ.
     sizes = [(48, 80), (45, 78), (64, 48), (48, 80), (33, 50), (64, 48)]

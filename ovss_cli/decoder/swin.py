@@ -48,6 +48,18 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
     return windows[:, :, None] == windows[:, None, :]
 
 
+def window_order(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor:
+    """Raster indices [H*W] of the tokens in window order: `window_partition(roll(grid, -shift), window)` flattened.
+
+    Gathering the raster token sequence with it lays out every window contiguously, which is
+    what torch.roll followed by the window partition produces, in one copy instead of two.
+    """
+    rows = (torch.arange(height, device=device) + shift) % height
+    cols = (torch.arange(width, device=device) + shift) % width
+    raster = rows[:, None] * width + cols[None, :]
+    return window_partition(raster[None, :, :, None], window).flatten()
+
+
 class GuidedWindowAttention(nn.Module):
     """Multi-head attention inside windows; q/k see [x, guidance], v sees x only."""
 
@@ -72,24 +84,29 @@ class GuidedWindowAttention(nn.Module):
         bias = torch.cat([torch.zeros_like(self.q.bias), torch.zeros_like(self.k.bias), self.v.bias])
         return F.linear(x, weight, bias)
 
-    def attend(self, qkv_windows: torch.Tensor, windows_per_map: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """qkv_windows: [N * nW, L, 3 * dim]; mask: [nW, L, L] bool (True = attend) or None -> [N * nW, L, dim].
+    def attend(self, qkv: torch.Tensor, window_area: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """qkv: [..., nW * L, 3 * dim] in window order (L = window_area); mask: [nW, L, L] bool
+        (True = attend) or None -> [..., nW * L, dim], still in window order.
 
-        The windows of one map are folded into the head dimension, so a single
-        [1, nW * heads, L, L] mask broadcasts over all N maps (B x T of them) without copies.
+        q, k and v are strided views of qkv (no split copies); windows and heads are batch
+        dimensions of one scaled_dot_product_attention call, so the [nW, 1, L, L] mask
+        broadcasts over all maps (B x T of them) and heads.
         """
-        n_windows, length, _ = qkv_windows.shape
-        n_maps = n_windows // windows_per_map
-        qkv = qkv_windows.view(n_maps, windows_per_map, length, 3, self.heads, -1).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.reshape(3, n_maps, windows_per_map * self.heads, length, -1)
-        attn_mask = None if mask is None else mask.repeat_interleave(self.heads, dim=0)[None]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.view(n_maps, windows_per_map, self.heads, length, -1).transpose(2, 3)
-        return self.proj(out.reshape(n_windows, length, self.dim))
+        lead, tokens = qkv.shape[:-2], qkv.shape[-2]
+        windows = tokens // window_area
+        split = qkv.view(-1, windows, window_area, 3, self.heads, self.dim // self.heads).permute(3, 0, 1, 4, 2, 5)
+        attn_mask = None if mask is None else mask[:, None]
+        out = F.scaled_dot_product_attention(split[0], split[1], split[2], attn_mask=attn_mask)
+        out = out.transpose(2, 3).reshape(*lead, tokens, self.dim)
+        return self.proj(out)
 
 
 class GuidedSwinBlock(nn.Module):
-    """Pre-norm Swin block (no relative position bias, as in CAT-Seg) with appearance guidance."""
+    """Pre-norm Swin block (no relative position bias, as in CAT-Seg) with appearance guidance.
+
+    It works on token sequences already in its window order (`window_order`); LayerNorm, the
+    projections and the MLP act per token, so only the attention needs that order.
+    """
 
     def __init__(self, dim: int, guidance_dim: int, heads: int, window: int, shift: int) -> None:
         super().__init__()
@@ -106,34 +123,41 @@ class GuidedSwinBlock(nn.Module):
             return min(height, width), 0
         return self.window, self.shift
 
+    def check_grid(self, height: int, width: int) -> tuple[int, int]:
+        window, shift = self.window_geometry(height, width)
+        if height % window or width % window:
+            raise UsageError(
+                f"the {height}x{width} feature grid is not divisible by the decoder window size {window}; "
+                "use an input size whose patch grid is a multiple of decoder.window_size"
+            )
+        return window, shift
+
+    def forward_ordered(self, x: torch.Tensor, guidance: torch.Tensor, window: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: [B, T, N, C] and guidance: [B, N, G] (normalised), both in this block's window order."""
+        c = x.shape[-1]
+        qkv = self.attn.project_tokens(self.norm1(x))
+        # in place is safe: a linear layer's backward does not need its output
+        qkv[..., : 2 * c] += self.attn.project_guidance(guidance)[:, None]  # shared by all classes
+        x = x + self.attn.attend(qkv, window * window, mask)
+        return x + self.mlp(self.norm2(x))
+
     def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """x: [B, T, H, W, C] (one map per class); guidance: [B, H, W, G] (normalised)."""
         b, t, h, w, c = x.shape
-        window, shift = self.window_geometry(h, w)
-        if h % window or w % window:
-            raise UsageError(
-                f"the {h}x{w} feature grid is not divisible by the decoder window size {window}; "
-                "use an input size whose patch grid is a multiple of decoder.window_size"
-            )
-        qkv = self.attn.project_tokens(self.norm1(x))
-        qk_guidance = self.attn.project_guidance(guidance)  # [B, H, W, 2C], shared by all classes
-        # in place is safe: a linear layer's backward does not need its output
-        qkv[..., : 2 * c] += qk_guidance[:, None]
-        qkv = qkv.view(b * t, h, w, 3 * c)
-        mask = None
-        if shift:
-            qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
-            mask = shifted_window_mask(h, w, window, shift, device=x.device)
-        out = self.attn.attend(window_partition(qkv, window), (h // window) * (w // window), mask)
-        out = window_reverse(out, window, h, w)
-        if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        x = x + out.view(b, t, h, w, c)
-        return x + self.mlp(self.norm2(x))
+        window, shift = self.check_grid(h, w)
+        order = window_order(h, w, window, shift, device=x.device)
+        mask = shifted_window_mask(h, w, window, shift, device=x.device) if shift else None
+        out = self.forward_ordered(x.reshape(b, t, h * w, c)[:, :, order], guidance.reshape(b, h * w, -1)[:, order],
+                                   window, mask)
+        return out[:, :, torch.argsort(order)].view(b, t, h, w, c)
 
 
 class SpatialAggregation(nn.Module):
-    """Two guided Swin blocks (plain, then shifted by half a window) over every class's map."""
+    """Two guided Swin blocks (plain, then shifted by half a window) over every class's map.
+
+    The class maps stay in token-sequence form between the blocks: one gather into the first
+    block's window order, one from it into the second's, one back to the raster order.
+    """
 
     def __init__(self, dim: int, guidance_dim: int, heads: int, window: int) -> None:
         super().__init__()
@@ -147,7 +171,15 @@ class SpatialAggregation(nn.Module):
 
     def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """x: [B, T, H, W, C]; guidance: [B, H, W, G] (projected appearance feature)."""
-        guidance = self.guidance_norm(guidance)
+        b, t, h, w, c = x.shape
+        guidance = self.guidance_norm(guidance).reshape(b, h * w, -1)
+        x = x.reshape(b, t, h * w, c)
+        current = torch.arange(h * w, device=x.device)  # raster index held at each sequence position
         for block in self.blocks:
-            x = block(x, guidance)
-        return x
+            window, shift = block.check_grid(h, w)
+            order = window_order(h, w, window, shift, device=x.device)
+            x = x.index_select(2, torch.argsort(current)[order])
+            mask = shifted_window_mask(h, w, window, shift, device=x.device) if shift else None
+            x = block.forward_ordered(x, guidance.index_select(1, order), window, mask)
+            current = order
+        return x.index_select(2, torch.argsort(current)).view(b, t, h, w, c)

@@ -14,7 +14,8 @@ from ovss_cli.decoder.catseg import DROPPED_CLASS_LOGIT, CATSegDecoder
 from ovss_cli.decoder.class_attention import ClassAggregation, linear_attention
 from ovss_cli.decoder.config import DecoderConfig
 from ovss_cli.losses.segmentation import segmentation_bce_loss
-from ovss_cli.decoder.swin import GuidedSwinBlock, shifted_window_mask, window_partition, window_reverse
+from ovss_cli.decoder.swin import (GuidedSwinBlock, SpatialAggregation, shifted_window_mask, window_order,
+                                  window_partition, window_reverse)
 from ovss_cli.errors import UsageError
 
 EMBED, WIDTH, GRID = 32, 64, 8
@@ -115,6 +116,61 @@ def test_swin_block_matches_brute_force_masked_attention(shift):
     x = torch.randn(2, 3, 8, 8, 16)
     guidance = torch.randn(2, 8, 8, 6)
     assert torch.allclose(block(x, guidance), brute_force_swin_block(block, x, guidance), atol=1e-5)
+
+
+def rolled_swin_block(block: GuidedSwinBlock, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    """The Swin recipe as written upstream: concatenate guidance, roll, partition, masked softmax, reverse, roll back."""
+    b, t, h, w, c = x.shape
+    window, shift, heads = block.window, block.shift, block.attn.heads
+    tokens = block.norm1(x)
+    joint = torch.cat([tokens, guidance[:, None].expand(-1, t, -1, -1, -1)], dim=-1)
+    q, k, v = block.attn.q(joint), block.attn.k(joint), block.attn.v(tokens)
+    if shift:
+        q, k, v = (torch.roll(z, shifts=(-shift, -shift), dims=(2, 3)) for z in (q, k, v))
+    q, k, v = (window_partition(z.reshape(b * t, h, w, c), window) for z in (q, k, v))  # [N*nW, L, C]
+    split = lambda z: z.reshape(z.shape[0], -1, heads, c // heads).transpose(1, 2)  # noqa: E731
+    scores = split(q) @ split(k).transpose(-1, -2) / math.sqrt(c // heads)
+    if shift:
+        mask = shifted_window_mask(h, w, window, shift).repeat(b * t, 1, 1)  # [N*nW, L, L]
+        scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    out = (scores.softmax(dim=-1) @ split(v)).transpose(1, 2).reshape(-1, window * window, c)
+    out = window_reverse(out, window, h, w)
+    if shift:
+        out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+    x = x + block.attn.proj(out.reshape(b, t, h, w, c))
+    return x + block.mlp(block.norm2(x))
+
+
+def test_window_order_is_roll_then_partition():
+    h, w, window, shift = 8, 12, 4, 2
+    grid = torch.arange(h * w).view(1, h, w, 1)
+    rolled = window_partition(torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2)), window).flatten()
+    assert torch.equal(window_order(h, w, window, shift), rolled)
+
+
+def test_spatial_aggregation_equals_the_rolled_reference_in_float64():
+    torch.manual_seed(0)
+    spatial = SpatialAggregation(dim=16, guidance_dim=6, heads=2, window=4).double()
+    randomise(spatial)
+    x = torch.randn(2, 3, 8, 12, 16, dtype=torch.float64)
+    guidance = torch.randn(2, 8, 12, 6, dtype=torch.float64)
+    expected, g = x, spatial.guidance_norm(guidance)
+    for block in spatial.blocks:
+        expected = rolled_swin_block(block, expected, g)
+    assert (spatial(x, guidance) - expected).abs().max() < 1e-12
+
+
+def test_class_chunks_at_inference_give_the_same_logits():
+    decoder = make_decoder(pad_len=0).double().eval()
+    image, text, blocks = inputs(batch=2, classes=7)
+    image, text, blocks = image.double(), text.double(), [blk.double() for blk in blocks]
+    with torch.no_grad():
+        decoder.inference_class_chunk = 0
+        whole = decoder(image, text, blocks)
+        decoder.inference_class_chunk = 3  # 3 + 3 + 1 classes
+        chunked = decoder(image, text, blocks)
+    assert chunked.shape == whole.shape == (2, 7, 4 * GRID, 4 * GRID)
+    assert (chunked - whole).abs().max() < 1e-12
 
 
 # ---- class aggregation -------------------------------------------------------------------------

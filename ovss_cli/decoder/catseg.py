@@ -29,6 +29,9 @@ class CATSegDecoder(nn.Module):
         self.cfg = cfg
         self.pad_len = cfg.pad_len
         self.use_checkpoint = False
+        # without gradients (inference), spatial aggregation and upsampling run over this many classes at a time:
+        # they treat each class alone, so this bounds memory at 847 classes x all sliding-window views (0 = all)
+        self.inference_class_chunk = 64
         self.cost_embed = nn.Conv2d(num_templates, cfg.hidden_dim, kernel_size=7, padding=3)
         self.appearance_guidance = nn.Sequential(
             nn.Conv2d(embed_dim, cfg.appearance_guidance_dim, kernel_size=3, padding=1), nn.ReLU()
@@ -46,6 +49,10 @@ class CATSegDecoder(nn.Module):
             image = F.normalize(at_least_fp32(image_tokens), dim=1)
             text = F.normalize(at_least_fp32(text_embeddings), dim=-1)
             return torch.einsum("bchw,btpc->btphw", image, text)
+
+    def output_grid(self, h: int, w: int) -> tuple[int, int]:
+        scale = 2 ** len(self.upsampler.stages)
+        return h * scale, w * scale
 
     def select_classes(self, cost: torch.Tensor) -> torch.Tensor:
         """Indices [B, pad_len] of each image's classes with the highest max cosine similarity."""
@@ -84,14 +91,19 @@ class CATSegDecoder(nn.Module):
         appearance = self.appearance_guidance(image_tokens).permute(0, 2, 3, 1)
         x = self.cost_embed(cost.flatten(0, 1)).unflatten(0, (b, t)).permute(0, 1, 3, 4, 2)
 
+        chunk = t if torch.is_grad_enabled() or not self.inference_class_chunk else self.inference_class_chunk
         for layer in self.layers:
             if self.use_checkpoint and torch.is_grad_enabled():
                 x = checkpoint(layer, x, appearance, text_guidance, use_reentrant=False)
+            elif chunk < t:  # the spatial part is per class: bounded memory in class chunks, exactly the same
+                x = torch.cat([layer.spatial(x[:, i : i + chunk], appearance) for i in range(0, t, chunk)], dim=1)
+                x = layer.classes(x, text_guidance)
             else:
                 x = layer(x, appearance, text_guidance)
 
-        logits = self.upsampler(x.permute(0, 1, 4, 2, 3).flatten(0, 1), guidance)
-        logits = logits.view(b, t, *logits.shape[-2:])
+        pieces = [self.upsampler(x[:, i : i + chunk].permute(0, 1, 4, 2, 3).flatten(0, 1), guidance)
+                  .view(b, -1, *self.output_grid(h, w)) for i in range(0, t, chunk)]
+        logits = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
         if kept is None:
             return logits
         full = logits.new_full((b, num_classes, *logits.shape[-2:]), DROPPED_CLASS_LOGIT)

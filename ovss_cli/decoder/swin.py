@@ -96,7 +96,8 @@ class GuidedWindowAttention(nn.Module):
         windows = tokens // window_area
         split = qkv.view(-1, windows, window_area, 3, self.heads, self.dim // self.heads).permute(3, 0, 1, 4, 2, 5)
         attn_mask = None if mask is None else mask[:, None]
-        out = F.scaled_dot_product_attention(split[0], split[1], split[2], attn_mask=attn_mask)
+        q, k, v = split.unbind(0)  # (its backward is one stack; three selects would zero-fill three buffers)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.transpose(2, 3).reshape(*lead, tokens, self.dim)
         return self.proj(out)
 

@@ -64,8 +64,8 @@ def _encoder(recipe, device: str):
     return visual
 
 
-def _time_training_step(parsed, device: str, precision: str, batch: int, steps: int, warmup: int) -> tuple[float, float]:
-    """(seconds, peak MB) of the Trainer's own step on the recipe's model: forward, loss, backward, clipping, AdamW."""
+def _training_step(parsed, device: str, precision: str, batch: int):
+    """(model, one call of the Trainer's own step) on the recipe's model: forward, loss, backward, clipping, AdamW."""
     import dataclasses
     import itertools
     import tempfile
@@ -90,7 +90,22 @@ def _time_training_step(parsed, device: str, precision: str, batch: int, steps: 
               "label": torch.randint(0, len(model.train_classes), (batch, size, size), device=device)}
     batches = itertools.repeat(inputs)
     trainer.model.train()
-    return time_calls(lambda: trainer.train_step(trainer.model, batches), steps, warmup, device)
+    return trainer.model, lambda: trainer.train_step(trainer.step_model, batches)
+
+
+def _counted(call: Callable[[], None], model) -> tuple[Callable[[], None], dict]:
+    """The call, its first run counting FLOPs per part into the returned dict's 'flops' (a warm-up run)."""
+    from ovss_cli.perf.flops import count_part_flops
+
+    found: dict = {}
+
+    def run() -> None:
+        if "flops" in found:
+            call()
+        else:
+            found["flops"] = count_part_flops(model, call)
+
+    return run, found
 
 
 def _time_inference(parsed, names: list[str], device: str, precision: str, image_size: int, mode: str,
@@ -135,30 +150,72 @@ def _report(title: str, rows: list[tuple[str, int, float, float]], memory_note: 
     typer.echo(f"{rows[0][0]} runs at {100 * ratio:.1f}% of the image-encoder-only ceiling")
 
 
+def _report_costs(step, step_seconds: float, encoder_flops: int, encoder_seconds: float, device: str,
+                  precision: str) -> None:
+    """FLOPs of each part of the step, and achieved FLOP/s of the step and of the encoder next to the peak."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from ovss_cli.perf.peak import known_peak, measured_matmul_flops
+
+    table = Table(title="cost model: FLOPs of one training step (forward + backward), by part")
+    for column in ("part", "GFLOP/step", "share"):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    for part, flops in step.parts.items():
+        if flops:
+            table.add_row(part, f"{flops / 1e9:.1f}", f"{100 * step.share(part):.1f}%")
+    table.add_row("total", f"{step.total / 1e9:.1f}", "100%")
+    Console(width=max(110, Console().width)).print(table)
+    dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(precision, torch.float32)
+    measured = measured_matmul_flops(torch.device(device), dtype)
+    sheet = known_peak(torch.device(device), dtype)
+    peak = sheet or measured
+    typer.echo(f"device peak: {peak / 1e9:.0f} GFLOP/s ({'data sheet' if sheet else 'measured 1024^3 matmul'}"
+               f"{f'; measured matmul {measured / 1e9:.0f} GFLOP/s' if sheet else ''}, {dtype}, "
+               f"{torch.get_num_threads()} threads)")
+    for what, flops, seconds in (("training step", step.total, step_seconds),
+                                 ("image encoder alone", encoder_flops, encoder_seconds)):
+        rate = flops / seconds
+        typer.echo(f"{what}: {flops / 1e9:.1f} GFLOP in {1000 * seconds:.1f} ms = {rate / 1e9:.1f} GFLOP/s, "
+                   f"{100 * rate / peak:.1f}% of peak")
+    if encoder_flops:
+        typer.echo(f"by FLOPs the step costs {step.total / encoder_flops:.2f} image encoders; "
+                   f"by time {step_seconds / encoder_seconds:.2f}")
+
+
 def benchmark_train(
     recipe: Path = typer.Argument(..., help="Recipe YAML whose training step is measured."),
     overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.precision=fp16-mixed."),
     steps: int = typer.Option(10, "--steps", min=1, help="Timed steps."),
-    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed warm-up steps first."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed warm-up steps first (at least one, which counts FLOPs)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Images per step.", show_default="the recipe's data.batch_size"),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Folder to write the top operators of one step and of the encoder into (torch.profiler tables)."),
     device: str = common.DeviceOption,
 ) -> None:
-    """Training speed (img/s, ms/step, peak memory) of a recipe's full step vs. its CLIP image encoder alone.
+    """Training speed (img/s, ms/step, peak memory) of a recipe's full step vs. its CLIP image encoder alone,
+    with a cost model: FLOPs per part of the step and achieved FLOP/s next to the device's peak.
 
-    Example: ovss benchmark train recipes/catseg_vitb.yaml --batch 8 --steps 20
+    Example: ovss benchmark train recipes/catseg_vitb.yaml --batch 8 --steps 20 --profile runs/bench
     """
     from ovss_cli.recipes import load_recipe
 
     parsed = load_recipe(recipe, list(overrides or []))
     import torch
 
+    from ovss_cli.perf.flops import count_part_flops
     from ovss_cli.runtime.precision import autocast, resolve_precision
 
     device = common.resolve_device(device if device != "auto" or parsed.train.device == "auto" else parsed.train.device)
     precision = resolve_precision(parsed.train.precision, device)
     size = parsed.data.crop_size
     batch = batch or parsed.data.batch_size
-    full = _time_training_step(parsed, device, precision, batch, steps, warmup)
+    model, step = _training_step(parsed, device, precision, batch)
+    counted_step, step_flops = _counted(step, model)
+    full = time_calls(counted_step, steps, max(warmup, 1), device)
+    if profile is not None:
+        typer.echo(f"operator profile of one step: {_profile(step, profile, 'train_step_ops')}")
+    del model, step, counted_step
     encoder = _encoder(parsed, device)
     clip_size = parsed.clip.image_size
     images = torch.randn(batch, 3, clip_size, clip_size, device=device)
@@ -170,11 +227,22 @@ def benchmark_train(
         output.float().square().mean().backward()
         encoder.zero_grad(set_to_none=True)
 
-    ceiling = time_calls(encoder_step, steps, warmup, device)
+    encoder_flops = count_part_flops(encoder, encoder_step, {}).total
+    ceiling = time_calls(encoder_step, steps, max(warmup - 1, 0), device)
+    if profile is not None:
+        typer.echo(f"operator profile of the encoder: {_profile(encoder_step, profile, 'image_encoder_ops')}")
     note = "" if device.startswith("cuda") else " (process RSS)"
+    typer.echo(f"threads: {torch.get_num_threads()} intra-op")
     _report(f"ovss benchmark train: {parsed.name}, {size}px, {precision}, {device}",
             [(f"{parsed.method} training step", batch, *full),
              (f"{parsed.clip.name} image encoder fwd+bwd", batch, *ceiling)], note)
+    _report_costs(step_flops["flops"], full[0], encoder_flops, ceiling[0], device, precision)
+
+
+def _profile(call: Callable[[], None], folder: Path, name: str) -> Path:
+    from ovss_cli.perf.profile import write_operator_profile
+
+    return write_operator_profile(call, folder, name)
 
 
 def benchmark_eval(

@@ -55,6 +55,11 @@ def train(
     if relaunch_if_needed(gpus, nnodes, node_rank, master_addr, master_port, nproc):
         return
     dist = init_distributed(device)
+    from ovss_cli.runtime.threads import configure_threads
+
+    threads = configure_threads()
+    if dist.is_main:
+        typer.echo(threads, err=True)
     try:
         if parsed.train.device == "cuda" and not dist.device.startswith("cuda"):
             from ovss_cli.errors import UsageError

@@ -71,6 +71,8 @@ class TrainConfig:
     """auto = bf16-mixed on GPUs with bf16 (fp16-mixed on V100/T4), fp32 on CPU; fp16-mixed uses a gradient scaler."""
     activation_checkpointing: bool = False
     """Recompute CLIP blocks and aggregator layers in the backward pass (less memory, ~30% slower)."""
+    compile: bool = False
+    """torch.compile the model for the training step (slow first steps while it compiles; same loss)."""
     find_unused_parameters: bool = False
     """DDP: set when some trainable parameter gets no gradient in a step (costs one extra graph walk)."""
     log_every: int = 20

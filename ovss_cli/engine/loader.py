@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ovss_cli.errors import OvssError
+from ovss_cli.runtime.threads import single_thread_worker
 
 
 class EpochSampler(Sampler):
@@ -46,6 +47,7 @@ class EpochSampler(Sampler):
 
 
 def _seed_worker(worker_id: int) -> None:
+    single_thread_worker()
     # torch seeds each worker from the loader's generator (seed, rank) plus the worker id; other libraries follow it
     seed = torch.initial_seed() % 2**32
     random.seed(seed)

@@ -74,14 +74,22 @@ def _to_device(batch: dict, device: torch.device) -> dict:
             for key, value in batch.items()}
 
 
-def _mean_over_ranks(values: dict[str, torch.Tensor], dist: DistInfo) -> dict[str, float]:
+def _mean_over_ranks(values: dict[str, torch.Tensor], dist: DistInfo) -> dict[str, torch.Tensor]:
+    """Means over the ranks, still on the device: reading them (float) waits for the step, so only log steps do."""
     stacked = torch.stack([values[k] for k in sorted(values)])
     if dist.distributed:
         import torch.distributed as tdist
 
         tdist.all_reduce(stacked)
         stacked /= dist.world_size
-    return {k: float(v) for k, v in zip(sorted(values), stacked.tolist())}
+    return dict(zip(sorted(values), stacked.unbind()))
+
+
+def as_floats(values: dict) -> dict[str, float]:
+    """A step's reported values as numbers (one device-to-host copy)."""
+    keys = [k for k, v in values.items() if torch.is_tensor(v)]
+    numbers = torch.stack([values[k].float() for k in keys]).tolist() if keys else []
+    return {**values, **dict(zip(keys, numbers))}
 
 
 def _gather_rng(dist: DistInfo) -> list[dict]:
@@ -168,7 +176,12 @@ class Trainer:
         self.trainable = [p for group in groups for p in group["params"]]
         if not self.trainable:
             raise UsageError("nothing to train: every parameter is frozen; check finetune.mode and the decoder")
-        self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+        # the fused kernel (one launch for all parameters) needs them all on CUDA
+        fused = all(p.is_cuda for p in self.trainable)
+        self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                           fused=fused or None)
+        # the module the step calls: torch.compile'd on request (the weights stay those of self.model)
+        self.step_model = torch.compile(self.model) if recipe.train.compile else self.model
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(
             lr_factor, iterations=recipe.train.iterations, schedule=optim.schedule,
             warmup_iters=optim.warmup_iters, warmup_factor=optim.warmup_factor, poly_power=optim.poly_power))
@@ -286,9 +299,9 @@ class Trainer:
             barrier()
         return results
 
-    def _stop_on_non_finite(self, losses: dict[str, float], step: int) -> None:
+    def _stop_on_non_finite(self, losses: dict, step: int) -> None:
         if not math.isfinite(losses["loss"]):
-            raise self._diverged(f"loss became {losses['loss']} at step {step}")
+            raise self._diverged(f"loss became {float(losses['loss'])} at step {step}")
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: str | None = None, on_ready: Callable[[], None] | None = None) -> TrainResult:
@@ -309,12 +322,13 @@ class Trainer:
             remove_temporaries(self.run_dir, self.checkpoint_dir)
         if on_ready is not None:
             on_ready()
-        model = self.model
+        model = self.step_model
         if dist.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(self.model, device_ids=[dist.local_rank] if self.device.type == "cuda" else None,
                                             find_unused_parameters=train.find_unused_parameters, broadcast_buffers=False)
+            model = torch.compile(model) if train.compile else model
         run_log = RunLog(self.run_dir, dist.is_main, train.tensorboard)
         run_log.truncate_after(step)
         reporter = StepReporter(train.iterations, step, enabled=dist.is_main)
@@ -332,7 +346,7 @@ class Trainer:
                 throughput.add(recipe.data.batch_size)
                 reporter.advance(step)
                 if step % train.log_every == 0 or step == train.iterations:
-                    record = {"step": step, **losses, **throughput.measure(train.iterations - step),
+                    record = {"step": step, **as_floats(losses), **throughput.measure(train.iterations - step),
                               "peak_mem_mb": peak_memory_mb(self.device)}
                     run_log.log(record)
                     reporter.report(record)
@@ -346,8 +360,9 @@ class Trainer:
             run_log.close()
         return TrainResult(self.run_dir, step, self.last_checkpoint, self.best_checkpoint, eval_results)
 
-    def train_step(self, model, batches) -> dict[str, float]:
-        """One optimizer step over `optim.accumulate_steps` micro-batches drawn from `batches`."""
+    def train_step(self, model, batches) -> dict:
+        """One optimizer step over `optim.accumulate_steps` micro-batches drawn from `batches`; returns its
+        losses and grad norm as device tensors (`as_floats` reads them) and the learning rate it used."""
         optim = self.recipe.optim
         accumulate = optim.accumulate_steps
         totals: dict[str, torch.Tensor] = {}
@@ -362,12 +377,13 @@ class Trainer:
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.detach().float() / accumulate
         reduced = _mean_over_ranks(totals, self.dist)
+        # the one host synchronisation of a step: no update may be applied from a non-finite loss
         if not math.isfinite(reduced["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             return reduced  # the caller stops before any update is applied
         self.scaler.unscale_(self.optimizer)
         if optim.grad_clip > 0:
-            reduced["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trainable, optim.grad_clip))
+            reduced["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.trainable, optim.grad_clip)
         reduced["lr"] = max(group["lr"] for group in self.optimizer.param_groups)  # the rate this step used
         self.scaler.step(self.optimizer)
         self.scaler.update()

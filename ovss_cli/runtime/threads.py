@@ -1,0 +1,47 @@
+"""CPU threads: the main process takes its share of the cores this machine gives it; loader workers take one.
+
+Oversubscription is what makes CPU training crawl (OpenMP threads spinning for cores held by
+other processes): N local ranks each running one thread per core ask for N times the cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_rank(cores: int, local_ranks: int) -> int:
+    return max(1, cores // max(1, local_ranks))
+
+
+def configure_threads() -> str:
+    """Set this process's intra-op threads to its share of the cores, unless OMP_NUM_THREADS chose;
+    returns the one line that says what was chosen and why."""
+    cores = available_cores()
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    chosen = os.environ.get("OMP_NUM_THREADS")
+    if chosen:
+        return f"threads: {torch.get_num_threads()} intra-op per process (OMP_NUM_THREADS={chosen})"
+    threads = threads_per_rank(cores, local_ranks)
+    torch.set_num_threads(threads)
+    return f"threads: {threads} intra-op per process ({cores} cores available / {local_ranks} local processes)"
+
+
+def single_thread_worker() -> None:
+    """In a data-loader worker: one intra-op thread (torch and OpenCV), so workers never compete with the step."""
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass

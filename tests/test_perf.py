@@ -1,0 +1,74 @@
+"""The cost model: FLOPs counted per part, forward and backward, against hand counts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ovss_cli.clip.zoo import create_clip
+from ovss_cli.perf.flops import REST, count_part_flops
+from ovss_cli.perf.peak import measured_matmul_flops
+from ovss_cli.runtime.threads import configure_threads, threads_per_rank
+
+
+def test_tiny_clip_image_encoder_forward_flops_equal_a_hand_count():
+    clip = create_clip("ovss-tiny", None)  # 64 px, patch 16, width 64, 3 blocks, 2 heads, MLP x4, embed 32
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        counted = count_part_flops(clip, lambda: clip.visual(images), {"image encoder": ("visual",)})
+    b, n, w = 2, 17, 64  # 16 patches + CLS
+    per_block = 2 * n * w * 3 * w + 2 * 2 * n * n * w + 2 * n * w * w + 2 * 2 * n * w * 4 * w
+    hand = 2 * b * 16 * (3 * 16 * 16) * w + 3 * b * per_block + 2 * b * w * 32  # patch conv, blocks, CLS projection
+    assert counted.parts["image encoder"] == hand == counted.total
+    assert counted.parts[REST] == 0
+
+
+class TwoParts(nn.Module):
+    def __init__(self, a: int, b: int, c: int) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(a, b, bias=False)
+        self.head = nn.Linear(b, c, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def test_backward_flops_are_charged_to_the_part_whose_forward_made_them():
+    n, a, b, c = 5, 7, 11, 3
+    model = TwoParts(a, b, c)
+    x = torch.randn(n, a)  # the input needs no gradient: the encoder's backward is its weight gradient only
+    extra = torch.randn(c, 4)
+
+    def step() -> None:
+        (model(x) @ extra).sum().backward()  # the matmul outside both parts is the "loss"
+
+    parts = {"encoder": ("encoder",), "head": ("head",)}
+    counted = count_part_flops(model, step, parts)
+    assert counted.parts["encoder"] == 2 * n * a * b * 2  # forward + weight gradient
+    assert counted.parts["head"] == 2 * n * b * c * 3  # forward + input gradient + weight gradient
+    assert counted.parts[REST] == 2 * n * c * 4 * 2  # loss matmul forward + gradient of its left operand
+    assert counted.total == sum(counted.parts.values())
+
+    model.encoder.requires_grad_(False)  # frozen encoder, no input gradient: no backward work at all
+    frozen = count_part_flops(model, step, parts)
+    assert frozen.parts["encoder"] == 2 * n * a * b
+
+
+def test_measured_matmul_rate_is_positive_and_finite():
+    rate = measured_matmul_flops(torch.device("cpu"), torch.float32, size=64, seconds=0.01)
+    assert 0 < rate < float("inf")
+
+
+def test_threads_are_the_cores_shared_among_local_ranks(monkeypatch):
+    assert threads_per_rank(16, 4) == 4 and threads_per_rank(2, 4) == 1 and threads_per_rank(3, 1) == 3
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+        line = configure_threads()
+        assert torch.get_num_threads() == 1 and "/ 64 local processes" in line
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(before)
+        assert "OMP_NUM_THREADS=1" in configure_threads() and torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -64,9 +66,14 @@ def test_threads_are_the_cores_shared_among_local_ranks(monkeypatch):
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+        monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 0.0, 0.0))  # two cores busy elsewhere
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
         line = configure_threads()
-        assert torch.get_num_threads() == 1 and "/ 64 local processes" in line
+        assert torch.get_num_threads() == 2 and "6 of 8 cores idle / 3 local processes" in line
+        monkeypatch.setattr(os, "getloadavg", lambda: (11.0, 0.0, 0.0))  # a saturated machine still gets one
+        configure_threads()
+        assert torch.get_num_threads() == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         torch.set_num_threads(before)
         assert "OMP_NUM_THREADS=1" in configure_threads() and torch.get_num_threads() == before

@@ -164,8 +164,8 @@ def _report_costs(step, step_seconds: float, encoder_flops: int, encoder_seconds
         table.add_column(column, justify="left" if column == "part" else "right")
     for part, flops in step.parts.items():
         if flops:
-            table.add_row(part, f"{flops / 1e9:.1f}", f"{100 * step.share(part):.1f}%")
-    table.add_row("total", f"{step.total / 1e9:.1f}", "100%")
+            table.add_row(part, f"{flops / 1e9:.4g}", f"{100 * step.share(part):.1f}%")
+    table.add_row("total", f"{step.total / 1e9:.4g}", "100%")
     Console(width=max(110, Console().width)).print(table)
     dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(precision, torch.float32)
     measured = measured_matmul_flops(torch.device(device), dtype)

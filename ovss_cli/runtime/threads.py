@@ -1,7 +1,10 @@
 """CPU threads: the main process takes its share of the cores this machine gives it; loader workers take one.
 
-Oversubscription is what makes CPU training crawl (OpenMP threads spinning for cores held by
-other processes): N local ranks each running one thread per core ask for N times the cores.
+Oversubscription is what makes CPU training crawl: every parallel operator waits at a barrier
+for its slowest thread, and a thread that shares its core with another busy process runs one
+scheduler slice in two. N local ranks each running one thread per core ask for N times the
+cores; so does one process on a machine whose cores another job already keeps busy. A rank
+therefore takes its share of the cores that are idle (affine cores minus the 1-minute load).
 """
 
 from __future__ import annotations
@@ -19,6 +22,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def idle_cores(cores: int) -> int:
+    """Affine cores not already kept busy by running processes (the 1-minute load average, rounded)."""
+    try:
+        busy = round(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        busy = 0
+    return max(1, cores - busy)
+
+
 def threads_per_rank(cores: int, local_ranks: int) -> int:
     return max(1, cores // max(1, local_ranks))
 
@@ -31,9 +43,11 @@ def configure_threads() -> str:
     chosen = os.environ.get("OMP_NUM_THREADS")
     if chosen:
         return f"threads: {torch.get_num_threads()} intra-op per process (OMP_NUM_THREADS={chosen})"
-    threads = threads_per_rank(cores, local_ranks)
+    idle = idle_cores(cores)
+    threads = threads_per_rank(idle, local_ranks)
     torch.set_num_threads(threads)
-    return f"threads: {threads} intra-op per process ({cores} cores available / {local_ranks} local processes)"
+    return (f"threads: {threads} intra-op per process ({idle} of {cores} cores idle / {local_ranks} local processes; "
+            "OMP_NUM_THREADS overrides)")
 
 
 def single_thread_worker() -> None:

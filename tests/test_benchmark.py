@@ -27,19 +27,33 @@ def test_time_calls_excludes_warmup_and_measures_per_call():
     assert seconds == pytest.approx(0.02, abs=0.015)
 
 
+def table_rows(output: str, columns: int) -> list[list[str]]:
+    """Cells of the rows of the tables with `columns` columns."""
+    rows = [re.split(r"\s*│\s*", line)[1:-1] for line in output.splitlines() if line.startswith("│")]
+    return [row for row in rows if len(row) == columns]
+
+
 def rates(output: str) -> list[float]:
-    """img/s column of the two table rows (model, encoder ceiling)."""
-    rows = [line for line in output.splitlines() if line.startswith("│")]
-    return [float(re.split(r"\s*│\s*", row)[3]) for row in rows]
+    """img/s column of the two speed-table rows (model, encoder ceiling)."""
+    return [float(row[2]) for row in table_rows(output, 5)]
 
 
-def test_benchmark_train_reports_the_step_and_the_encoder_ceiling():
-    result = runner.invoke(app, ["benchmark", "train", str(QUICKSTART), *TINY, "--steps", "2", "--warmup", "1"])
+def test_benchmark_train_reports_the_step_the_encoder_ceiling_and_the_cost_model(tmp_path):
+    result = runner.invoke(app, ["benchmark", "train", str(QUICKSTART), *TINY, "--steps", "2", "--warmup", "1",
+                                 "--profile", str(tmp_path)])
     assert result.exit_code == 0, result.output
     model, encoder = rates(result.output)
     assert model > 0 and encoder > 0
     ratio = float(re.search(r"at ([\d.]+)% of the image-encoder-only ceiling", result.output).group(1))
     assert ratio == pytest.approx(100 * model / encoder, rel=0.02)
+    parts = {row[0]: float(row[1]) for row in table_rows(result.output, 3)}
+    total = parts.pop("total")
+    assert {"image encoder", "text encoder", "aggregation", "upsampling decoder"} <= set(parts)
+    assert all(flops > 0 for name, flops in parts.items() if name != "loss and the rest")
+    assert sum(parts.values()) == pytest.approx(total, rel=1e-3)
+    assert re.search(r"training step: [\d.]+ GFLOP in [\d.]+ ms = [\d.]+ GFLOP/s, [\d.]+% of peak", result.output)
+    for name in ("train_step_ops.txt", "image_encoder_ops.txt"):
+        assert "Self CPU" in (tmp_path / name).read_text()
 
 
 def test_benchmark_eval_reports_inference_speed():

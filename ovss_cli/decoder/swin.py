@@ -88,18 +88,25 @@ class GuidedWindowAttention(nn.Module):
         """qkv: [..., nW * L, 3 * dim] in window order (L = window_area); mask: [nW, L, L] bool
         (True = attend) or None -> [..., nW * L, dim], still in window order.
 
-        q, k and v are strided views of qkv (no split copies); windows and heads are batch
-        dimensions of one scaled_dot_product_attention call, so the [nW, 1, L, L] mask
-        broadcasts over all maps (B x T of them) and heads.
+        Without a mask, q, k and v are strided views of qkv, each window a batch entry. With one,
+        the windows of a map are folded into the head dimension so that a single [1, nW * heads, L, L]
+        mask broadcasts over all maps (B x T of them); both stay 4-D, which keeps
+        scaled_dot_product_attention on its fused kernels.
         """
         lead, tokens = qkv.shape[:-2], qkv.shape[-2]
         windows = tokens // window_area
-        split = qkv.view(-1, windows, window_area, 3, self.heads, self.dim // self.heads).permute(3, 0, 1, 4, 2, 5)
-        attn_mask = None if mask is None else mask[:, None]
-        q, k, v = split.unbind(0)  # (its backward is one stack; three selects would zero-fill three buffers)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.transpose(2, 3).reshape(*lead, tokens, self.dim)
-        return self.proj(out)
+        head_dim = self.dim // self.heads
+        if mask is None:
+            split = qkv.reshape(-1, window_area, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(*split.unbind(0))  # [maps * nW, heads, L, d]
+            out = out.transpose(1, 2)
+        else:
+            split = qkv.reshape(-1, windows, window_area, 3, self.heads, head_dim).permute(3, 0, 1, 4, 2, 5)
+            q, k, v = split.reshape(3, -1, windows * self.heads, window_area, head_dim).unbind(0)
+            attn_mask = mask.repeat_interleave(self.heads, dim=0)[None]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [maps, nW * heads, L, d]
+            out = out.view(-1, windows, self.heads, window_area, head_dim).transpose(2, 3)
+        return self.proj(out.reshape(*lead, tokens, self.dim))
 
 
 class GuidedSwinBlock(nn.Module):

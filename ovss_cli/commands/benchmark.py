@@ -81,8 +81,10 @@ def _training_step(parsed, device: str, precision: str, batch: int):
     size = parsed.data.crop_size
     recipe = dataclasses.replace(parsed, train=dataclasses.replace(parsed.train, precision=precision),
                                  data=dataclasses.replace(parsed.data, batch_size=batch),
-                                 optim=dataclasses.replace(parsed.optim, accumulate_steps=1))
-    model = build_model(recipe, pretrained=False)
+                                 optim=dataclasses.replace(parsed.optim, accumulate_steps=1),
+                                 clip=dataclasses.replace(parsed.clip, pretrained=""))
+    # built as for training (InfoCLIP's frozen teacher included) from random CLIP weights
+    model = build_model(recipe, pretrained=True)
     with tempfile.TemporaryDirectory() as run_dir:  # the step writes nothing; a Trainer needs a folder
         trainer = Trainer(recipe, model, DistInfo(device=device), Path(run_dir))
     trainer.build_optimizer()

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ovss_cli.cli import app
-from ovss_cli.commands.benchmark import time_calls
+from ovss_cli.commands.benchmark import time_calls, time_calls_with_cpu
 from tests.helpers import QUICKSTART, TINY
 
 runner = CliRunner()
@@ -25,6 +25,8 @@ def test_time_calls_excludes_warmup_and_measures_per_call():
     seconds, _ = time_calls(sleepy, repeats=3, warmup=2, device="cpu")
     assert len(calls) == 5
     assert seconds == pytest.approx(0.02, abs=0.015)
+    seconds, _, cpu_seconds = time_calls_with_cpu(sleepy, repeats=3, warmup=0, device="cpu")
+    assert cpu_seconds < seconds / 2  # sleeping takes wall time, not CPU time
 
 
 def table_rows(output: str, columns: int) -> list[list[str]]:
@@ -46,6 +48,7 @@ def test_benchmark_train_reports_the_step_the_encoder_ceiling_and_the_cost_model
     assert model > 0 and encoder > 0
     ratio = float(re.search(r"at ([\d.]+)% of the image-encoder-only ceiling", result.output).group(1))
     assert ratio == pytest.approx(100 * model / encoder, rel=0.02)
+    assert re.search(r"by process CPU time: step [\d.]+ s, encoder [\d.]+ s", result.output)
     parts = {row[0]: float(row[1]) for row in table_rows(result.output, 3)}
     total = parts.pop("total")
     assert {"image encoder", "text encoder", "aggregation", "upsampling decoder"} <= set(parts)

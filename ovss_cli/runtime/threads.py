@@ -51,11 +51,6 @@ def configure_threads() -> str:
 
 
 def single_thread_worker() -> None:
-    """In a data-loader worker: one intra-op thread (torch and OpenCV), so workers never compete with the step."""
+    """In a data-loader worker: one intra-op thread, so workers never compete with the step.
+    (OpenCV's pool is left alone: resizing it in a forked child can wait forever on the parent's threads.)"""
     torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass

@@ -24,7 +24,7 @@ def test_time_calls_excludes_warmup_and_measures_per_call():
 
     seconds, _ = time_calls(sleepy, repeats=3, warmup=2, device="cpu")
     assert len(calls) == 5
-    assert seconds == pytest.approx(0.02, abs=0.015)
+    assert 0.02 <= seconds < 1.0  # each call sleeps 20 ms (a busy machine may stretch it, never shorten it)
     seconds, _, cpu_seconds = time_calls_with_cpu(sleepy, repeats=3, warmup=0, device="cpu")
     assert cpu_seconds < seconds / 2  # sleeping takes wall time, not CPU time
 
@@ -47,7 +47,9 @@ def test_benchmark_train_reports_the_step_the_encoder_ceiling_and_the_cost_model
     model, encoder = rates(result.output)
     assert model > 0 and encoder > 0
     ratio = float(re.search(r"at ([\d.]+)% of the image-encoder-only ceiling", result.output).group(1))
-    assert ratio == pytest.approx(100 * model / encoder, rel=0.02)
+    # the table prints img/s to 0.01 and the ratio to 0.1 %: the printed ratio lies in the range they allow
+    low, high = 100 * (model - 0.005) / (encoder + 0.005), 100 * (model + 0.005) / (encoder - 0.005)
+    assert low - 0.05 <= ratio <= high + 0.05
     assert re.search(r"by process CPU time: step [\d.]+ s, encoder [\d.]+ s", result.output)
     parts = {row[0]: float(row[1]) for row in table_rows(result.output, 3)}
     total = parts.pop("total")

@@ -25,6 +25,7 @@ from ovss_cli.commands import runs as runs_cmd
 from ovss_cli.commands import train as train_cmd
 from ovss_cli.commands import wsss as wsss_cmd
 from ovss_cli.errors import OvssError
+from ovss_cli.runtime import distributed
 
 app = typer.Typer(
     name="ovss",
@@ -89,7 +90,6 @@ app.add_typer(benchmark_app, name="benchmark")
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`ovss`, `python -m ovss_cli`); `argv` defaults to sys.argv[1:]."""
-    from ovss_cli.runtime import distributed
 
     distributed.LAUNCH_ARGV = list(argv) if argv is not None else None  # what --gpus N relaunches
     try:

@@ -14,6 +14,8 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
+import yaml
+
 from ovss_cli.errors import UsageError
 from ovss_cli.textutil import did_you_mean
 
@@ -125,7 +127,6 @@ def to_dict(obj: Any) -> Any:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply dotted `a.b.c=value` overrides to a nested dict (values parsed as YAML)."""
-    import yaml
 
     for item in overrides:
         if "=" not in item:

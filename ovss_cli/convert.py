@@ -16,7 +16,12 @@ from pathlib import Path
 
 import torch
 
+from ovss_cli.clip.dense import resize_pos_embed
+from ovss_cli.engine.trainer import checkpoint_sidecar
 from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.methods.registry import build_model
+from ovss_cli.recipes import load_recipe
+from ovss_cli.runtime.checkpoint import BEST, save_checkpoint
 from ovss_cli.textutil import first_line
 
 CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
@@ -133,7 +138,6 @@ def _resize_positions(tensor: torch.Tensor, expected: torch.Size) -> torch.Tenso
     The official model resizes them the same way on every forward pass, so resizing once is exact.
     A tensor that is not a square grid of the same width comes back unchanged (the shape check reports it).
     """
-    from ovss_cli.clip.dense import resize_pos_embed
 
     old_side, new_side = round((tensor.shape[0] - 1) ** 0.5), round((expected[0] - 1) ** 0.5)
     if tensor.ndim != 2 or tensor.shape[1] != expected[1] or old_side ** 2 + 1 != tensor.shape[0] \
@@ -187,10 +191,6 @@ def official_to_ovss(state: dict[str, torch.Tensor], expected: dict[str, torch.T
 
 def convert_official_catseg(source: Path, recipe_path: Path, out: Path) -> Path:
     """Write `<out>/checkpoints/best.safetensors` + `best.json` from an official CAT-Seg checkpoint; returns the weights path."""
-    from ovss_cli.runtime.checkpoint import BEST, save_checkpoint
-    from ovss_cli.engine.trainer import checkpoint_sidecar
-    from ovss_cli.methods.registry import build_model
-    from ovss_cli.recipes import load_recipe
 
     directory = out / "checkpoints"
     if (directory / f"{BEST}.json").exists():

@@ -18,9 +18,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ovss_cli.clip.config import pinned_clip_section
+from ovss_cli.config import to_dict
 from ovss_cli.errors import UsageError
 from ovss_cli.fileio import atomic_write, write_json
 from ovss_cli.loading import CLIP_FILE, DECODER_FILE, EXPORT_META, load_segmenter
+from ovss_cli.peft.config import FinetuneConfig
+from ovss_cli.runtime.checkpoint import read_sidecar, resolve_checkpoint, save_tensors
 
 
 def merge_adapters(model: nn.Module) -> None:
@@ -36,8 +40,6 @@ def merge_adapters(model: nn.Module) -> None:
 
 def export_open_clip(checkpoint: Path, out_dir: Path) -> list[Path]:
     """Write merged open_clip weights, the decoder weights and ovss_export.json into `out_dir`."""
-    from ovss_cli.clip.config import pinned_clip_section
-    from ovss_cli.runtime.checkpoint import read_sidecar, resolve_checkpoint, save_tensors
 
     weights = resolve_checkpoint(Path(checkpoint))
     recipe = read_sidecar(weights)["recipe"]
@@ -71,8 +73,6 @@ def export_open_clip(checkpoint: Path, out_dir: Path) -> list[Path]:
 
 def _frozen_finetune_section() -> dict:
     """The `finetune:` section of merged weights: plain CLIP, nothing attached."""
-    from ovss_cli.config import to_dict
-    from ovss_cli.peft.config import FinetuneConfig
 
     return to_dict(FinetuneConfig(mode="frozen"))
 

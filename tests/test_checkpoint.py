@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from ovss_cli.errors import OvssError
 from ovss_cli.runtime import checkpoint as ckpt
 from ovss_cli.runtime.seeding import rng_state, set_rng_state
-from ovss_cli.errors import OvssError
 
 
 def draw() -> tuple:

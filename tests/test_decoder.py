@@ -13,10 +13,16 @@ from ovss_cli.config import from_dict
 from ovss_cli.decoder.catseg import DROPPED_CLASS_LOGIT, CATSegDecoder
 from ovss_cli.decoder.class_attention import ClassAggregation, linear_attention
 from ovss_cli.decoder.config import DecoderConfig
-from ovss_cli.losses.segmentation import segmentation_bce_loss
-from ovss_cli.decoder.swin import (GuidedSwinBlock, SpatialAggregation, shifted_window_mask, window_order,
-                                  window_partition, window_reverse)
+from ovss_cli.decoder.swin import (
+    GuidedSwinBlock,
+    SpatialAggregation,
+    shifted_window_mask,
+    window_order,
+    window_partition,
+    window_reverse,
+)
 from ovss_cli.errors import UsageError
+from ovss_cli.losses.segmentation import segmentation_bce_loss
 
 EMBED, WIDTH, GRID = 32, 64, 8
 

@@ -105,7 +105,6 @@ def _expected_default(option) -> str | None:
 def test_every_option_help_renders_its_text_and_default(monkeypatch):
     """Rich must not eat any part of a help text (it once took `[default: ...]` for markup)."""
     import typer.main
-
     import typer.rich_utils
 
     monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 2000)  # one line per option (read when help renders)

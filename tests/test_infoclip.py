@@ -12,9 +12,18 @@ import torch.nn.functional as F
 
 from ovss_cli.errors import UsageError
 from ovss_cli.losses.alignment_transfer import alignment_transfer_losses
-from ovss_cli.losses.matrix_entropy import (batched_gram, compression_loss, global_batch_gram, gram, joint_gram,
-                                            matrix_entropy, mi_distillation_loss, mutual_information,
-                                            renyi2_entropy, renyi_entropy)
+from ovss_cli.losses.matrix_entropy import (
+    batched_gram,
+    compression_loss,
+    global_batch_gram,
+    gram,
+    joint_gram,
+    matrix_entropy,
+    mi_distillation_loss,
+    mutual_information,
+    renyi2_entropy,
+    renyi_entropy,
+)
 from ovss_cli.methods.lpam import PixelTextAlignment
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from ovss_cli.errors import UsageError
 from ovss_cli.recipes import load_recipe
 from tests.helpers import RECIPES
-
 
 
 @pytest.mark.parametrize("file, clip, size, guidance", [

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
 from ovss_cli.errors import OvssError
+from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
 from tests.helpers import reference_miou
 
 

@@ -461,8 +461,8 @@ def test_download_extract_convert_over_http(tmp_path: Path, monkeypatch):
 # ---------------------------------------------------------------- interruption and resume
 
 def test_interrupted_conversion_resumes_without_redoing_finished_files(tmp_path: Path, monkeypatch):
-    from ovss_cli.prepare import coco_stuff
     from ovss_cli.fileio import TEMP_MARK
+    from ovss_cli.prepare import coco_stuff
     from ovss_cli.prepare.pipeline import prepare_dataset
 
     ids = [f"{i:012d}" for i in range(1, 7)]

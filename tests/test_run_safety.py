@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from ovss_cli.engine.runs import LOCK_NAME, RunLock
 from ovss_cli.errors import OvssError
-from ovss_cli.methods.catseg import CATSegModel
 from ovss_cli.fileio import TEMP_MARK
+from ovss_cli.methods.catseg import CATSegModel
 from tests.helpers import TINY, error_line
 from tests.helpers import train_quickstart as train
 

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from ovss_cli.cli import app
 from ovss_cli.engine import curves, runs
-from ovss_cli.engine.curves import LEFT, PANEL_HEIGHT, PANEL_WIDTH, RIGHT, RUN_COLOURS, TOP, BOTTOM
+from ovss_cli.engine.curves import BOTTOM, LEFT, PANEL_HEIGHT, PANEL_WIDTH, RIGHT, RUN_COLOURS, TOP
 
 runner = CliRunner()
 

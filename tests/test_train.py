@@ -20,8 +20,6 @@ from ovss_cli.methods.catseg import CATSegModel
 from tests.helpers import QUICKSTART, ROOT, TINY, error_line
 from tests.helpers import train_quickstart as train
 
-
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -58,9 +56,9 @@ def test_run_folder_has_recipe_metrics_and_complete_checkpoints(reference):
 
 
 def test_only_the_intended_parameters_change(reference):
-    from ovss_cli.runtime.seeding import seed_everything
     from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import load_recipe
+    from ovss_cli.runtime.seeding import seed_everything
 
     seed_everything(0)  # the trainer initialises the model from the recipe seed
     model = build_model(load_recipe(QUICKSTART, TINY))
@@ -139,12 +137,12 @@ def test_an_interrupted_run_resumes_to_the_same_parameters_and_losses(reference,
 
 def test_toy_miou_rises_far_above_its_untrained_value(tmp_path):
     from ovss_cli.data.dataset import SegmentationSet
-    from ovss_cli.runtime.distributed import DistInfo
-    from ovss_cli.runtime.seeding import seed_everything
     from ovss_cli.evaluate.runner import evaluate_dataset
     from ovss_cli.loading import load_segmenter
     from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import load_recipe
+    from ovss_cli.runtime.distributed import DistInfo
+    from ovss_cli.runtime.seeding import seed_everything
 
     overrides = ["train.iterations=120", "train.log_every=60", "train.checkpoint_every=120", "train.eval_limit=12"]
     dataset = SegmentationSet("toy", None, limit=12)

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from ovss_cli.data.train_set import TrainSegmentationSet, augment, crop
 from ovss_cli.data.config import DataConfig
+from ovss_cli.data.train_set import TrainSegmentationSet, augment, crop
 from ovss_cli.engine.config import OptimConfig
 from ovss_cli.engine.loader import EpochSampler
 from ovss_cli.engine.trainer import lr_factor, micro_batch_size
 from ovss_cli.errors import OvssError, UsageError
 from tests.helpers import QUICKSTART
-
 
 
 def test_cosine_schedule_with_linear_warmup():
@@ -138,9 +137,9 @@ def test_param_groups_scale_clip_lr_and_exempt_norms_and_embeddings():
 
 
 def test_activation_checkpointing_wraps_every_block_and_keeps_gradients():
-    from ovss_cli.runtime.seeding import seed_everything
     from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import load_recipe
+    from ovss_cli.runtime.seeding import seed_everything
 
     recipe = load_recipe(QUICKSTART, ["clip.image_size=32", "data.crop_size=32", "decoder.window_size=2"])
     batch = {"image": torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), "label": torch.randint(0, 5, (2, 32, 32))}

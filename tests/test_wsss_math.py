@@ -7,10 +7,18 @@ import torch
 from ovss_cli.errors import UsageError
 from ovss_cli.wsss.affinity import attention_affinity, box_mask, refine_cam, sinkhorn_normalise
 from ovss_cli.wsss.crf import BilateralFilter, CrfParams, LatticeBilateralFilter, dense_crf, gaussian_message
-from ovss_cli.wsss.lattice import PermutohedralLattice
 from ovss_cli.wsss.gradcam import gradcam_map, gradcam_weights, minmax, softmax_gradcam, softmax_scores
-from ovss_cli.wsss.vpl import (VplConfig, feature_span, fix_gauge, image_log_probabilities, learn_prototypes,
-                               prototype_objective, region_embeddings, text_probabilities)
+from ovss_cli.wsss.lattice import PermutohedralLattice
+from ovss_cli.wsss.vpl import (
+    VplConfig,
+    feature_span,
+    fix_gauge,
+    image_log_probabilities,
+    learn_prototypes,
+    prototype_objective,
+    region_embeddings,
+    text_probabilities,
+)
 
 
 def attention_like(n: int, seed: int) -> torch.Tensor:

@@ -12,9 +12,12 @@ import json
 import os
 from pathlib import Path
 
+import open_clip
 import torch
+from safetensors.torch import load_file, save_file
 
 from ovss_cli.clip.prompts import build_prompts
+from ovss_cli.clip.zoo import register_ovss_configs
 from ovss_cli.fileio import atomic_write
 
 
@@ -35,9 +38,7 @@ def weights_identity(path: str | Path) -> str:
 class TextEncoder:
     def __init__(self, clip_name: str, templates: list[str], model_id: str | None = None,
                  cache_dir: Path | None = None, join_synonyms: bool = False):
-        import open_clip
 
-        from ovss_cli.clip.zoo import register_ovss_configs
 
         register_ovss_configs()  # ovss's own model names (ovss-tiny) have tokenizers too
         self.tokenizer = open_clip.get_tokenizer(clip_name)
@@ -62,7 +63,6 @@ class TextEncoder:
     @torch.no_grad()
     def embed_classes(self, dense_clip, class_names: list[str]) -> torch.Tensor:
         """[T, P, C] text embeddings (not normalised), from the cache when possible."""
-        from safetensors.torch import load_file, save_file
 
         device = next(dense_clip.parameters()).device
         path = self._cache_path(class_names)

@@ -9,6 +9,13 @@ import socket
 import warnings
 from pathlib import Path
 
+import huggingface_hub.constants as hub_constants
+import open_clip
+import torch
+from open_clip.model import resize_pos_embed, set_model_preprocess_cfg
+from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+from open_clip.transformer import QuickGELU
+
 from ovss_cli.clip.norm import ImageNorm
 from ovss_cli.clip.weights import NON_WEIGHTS, is_local_weights, read_clip_weights
 from ovss_cli.errors import OvssError, UsageError
@@ -30,7 +37,6 @@ def register_ovss_configs() -> None:
 
 def model_quick_gelu(name: str) -> bool:
     """The activation open_clip's config for `name` builds (the `-quickgelu` names: QuickGELU)."""
-    import open_clip
 
     register_ovss_configs()
     return bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
@@ -38,7 +44,6 @@ def model_quick_gelu(name: str) -> bool:
 
 def uses_quick_gelu(module) -> bool:
     """Whether the CLIP in `module` runs QuickGELU (x * sigmoid(1.702 x)) in its MLPs rather than GELU."""
-    from open_clip.transformer import QuickGELU
 
     return any(isinstance(m, QuickGELU) for m in module.modules())
 
@@ -100,7 +105,6 @@ def create_clip(name: str, pretrained: str | None = None, random_init_seed: int 
     model = _build(name, bool(quick_gelu), random_init_seed)
     if weights is not None and load_weights:
         load_clip_state(model, weights.state, str(pretrained), name)
-    from open_clip.model import set_model_preprocess_cfg
 
     chosen = {key: preprocess[key] for key in ("mean", "std", "interpolation") if key in preprocess}
     final = {**model.visual.preprocess_cfg, **chosen, **overrides}
@@ -111,8 +115,6 @@ def create_clip(name: str, pretrained: str | None = None, random_init_seed: int 
 
 def _build(name: str, quick_gelu: bool, seed: int):
     """The architecture with random weights, seeded so that every rank (and every run) builds the same model."""
-    import open_clip
-    import torch
 
     with open_clip_warnings_as_errors(f"building {name}"), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -124,7 +126,6 @@ def load_clip_state(model, state: dict, source: str, name: str) -> None:
 
     open_clip's own loader only warns on some of these; ovss reads and checks the weights itself.
     """
-    from open_clip.model import resize_pos_embed
 
     expected = model.state_dict()
     state = {key: value for key, value in state.items() if key in expected or key not in NON_WEIGHTS}
@@ -146,8 +147,6 @@ def load_clip_state(model, state: dict, source: str, name: str) -> None:
 
 
 def _tag_config(name: str, tag: str) -> dict:
-    import open_clip
-    from open_clip.pretrained import get_pretrained_cfg
 
     tags = open_clip.list_pretrained_tags_by_model(name)
     if tag not in tags:
@@ -164,7 +163,6 @@ RECIPE_WEIGHTS_HINT = "clip.pretrained=/path/to/{name}.pt"
 
 
 def _check_model_name(name: str) -> None:
-    import open_clip
 
     register_ovss_configs()
     if name not in open_clip.list_models():
@@ -174,7 +172,6 @@ def _check_model_name(name: str) -> None:
 
 def _cached(tag_cfg: dict) -> Path | None:
     """The cached file of a pretrained tag, found without network (None when it is not there)."""
-    from open_clip.pretrained import download_pretrained
 
     try:
         with _hub_offline(True), _quiet_root_logger(logging.CRITICAL):
@@ -211,7 +208,6 @@ def check_clip_weights(name: str, pretrained: str | None, hint: str = GENERIC_WE
 
 def _download(name: str, tag: str, tag_cfg: dict) -> Path:
     """The local file of a pretrained tag: the cache first (no network, no retries), else a download."""
-    from open_clip.pretrained import download_pretrained
 
     cached = _cached(tag_cfg)
     if cached is not None:
@@ -292,7 +288,6 @@ def _quiet_root_logger(level: int = logging.ERROR):
 @contextlib.contextmanager
 def _hub_offline(offline: bool):
     """Temporarily switch huggingface_hub's offline mode (it reads the flag at call time)."""
-    import huggingface_hub.constants as hub_constants
 
     previous = hub_constants.HF_HUB_OFFLINE
     hub_constants.HF_HUB_OFFLINE = offline

@@ -6,13 +6,25 @@ Weights are random (speed does not depend on them) and inputs synthetic, so no d
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from ovss_cli.clip.config import build_dense_clip
 from ovss_cli.commands import common
+from ovss_cli.data.benchmarks import TOY, get_benchmark
+from ovss_cli.methods.registry import build_model
+from ovss_cli.recipes import load_recipe
+from ovss_cli.runtime.distributed import DistInfo
+from ovss_cli.wsss.config import ClipEsConfig, CrfParams
+from ovss_cli.wsss.names import VOC_BACKGROUND_WORDS, VOC_PROMPT_NAMES
 
 
 def _synchronize(device: str) -> None:
@@ -60,9 +72,7 @@ def time_calls_with_cpu(call: Callable[[], None], repeats: int, warmup: int, dev
 
 def _encoder(recipe, device: str):
     """The recipe's CLIP image encoder alone (random weights, every parameter trainable)."""
-    import dataclasses
 
-    from ovss_cli.clip.config import build_dense_clip
 
     dense, _ = build_dense_clip(dataclasses.replace(recipe.clip, pretrained=""))
     visual = dense.clip.visual.to(device)
@@ -73,15 +83,10 @@ def _encoder(recipe, device: str):
 
 def _training_step(parsed, device: str, precision: str, batch: int):
     """(model, one call of the Trainer's own step) on the recipe's model: forward, loss, backward, clipping, AdamW."""
-    import dataclasses
-    import itertools
-    import tempfile
 
     import torch
 
     from ovss_cli.engine.trainer import Trainer
-    from ovss_cli.methods.registry import build_model
-    from ovss_cli.runtime.distributed import DistInfo
     from ovss_cli.runtime.seeding import seed_everything
 
     seed_everything(parsed.seed)
@@ -122,10 +127,9 @@ def _time_inference(parsed, names: list[str], device: str, precision: str, image
     """((seconds, peak MB) per image, text-encoding seconds) of the recipe's model on one vocabulary."""
     import torch
 
+    from ovss_cli.evaluate.inference import predict_scores
     from ovss_cli.runtime.precision import autocast
     from ovss_cli.runtime.seeding import seed_everything
-    from ovss_cli.evaluate.inference import predict_scores
-    from ovss_cli.methods.registry import build_model
 
     seed_everything(parsed.seed)
     model = build_model(parsed, pretrained=False).to(device).eval()
@@ -146,8 +150,6 @@ def _time_inference(parsed, names: list[str], device: str, precision: str, image
 
 
 def _report(title: str, rows: list[tuple[str, int, float, float]], memory_note: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title)
     for column in ("what", "batch", "img/s", "ms/step", f"peak memory MB{memory_note}"):
@@ -163,8 +165,6 @@ def _report_costs(step, step_seconds: float, encoder_flops: int, encoder_seconds
                   precision: str) -> None:
     """FLOPs of each part of the step, and achieved FLOP/s of the step and of the encoder next to the peak."""
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from ovss_cli.perf.peak import known_peak, measured_matmul_flops
 
@@ -207,7 +207,6 @@ def benchmark_train(
 
     Example: ovss benchmark train recipes/catseg_vitb.yaml --batch 8 --steps 20 --profile runs/bench
     """
-    from ovss_cli.recipes import load_recipe
 
     parsed = load_recipe(recipe, list(overrides or []))
     import torch
@@ -272,8 +271,6 @@ def benchmark_eval(
 
     Example: ovss benchmark eval recipes/catseg_vitb.yaml --bench pc459 --images 20
     """
-    from ovss_cli.data.benchmarks import TOY, get_benchmark
-    from ovss_cli.recipes import load_recipe
 
     common.check_mode(mode)
     parsed = load_recipe(recipe, list(overrides or []))
@@ -287,8 +284,8 @@ def benchmark_eval(
         names = list(load_vocabulary(get_benchmark(bench).vocabulary))
     import torch
 
-    from ovss_cli.runtime.precision import autocast, resolve_precision
     from ovss_cli.evaluate.inference import SlidingWindow
+    from ovss_cli.runtime.precision import autocast, resolve_precision
 
     device = common.resolve_device(device if device != "auto" or parsed.train.device == "auto" else parsed.train.device)
     precision = resolve_precision(parsed.train.precision, device)
@@ -318,7 +315,6 @@ VOC_SIZES = ((375, 500), (500, 333))  # the two most common VOC 2012 image shape
 
 def _synthetic_voc_images(count: int, seed: int = 0) -> list:
     """VOC-sized RGB uint8 images, alternating 375 x 500 and 500 x 333: smooth colour fields with mild noise."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -346,7 +342,6 @@ def _wall_and_cpu(call: Callable[[], None], device: str) -> tuple[float, float]:
 def _pseudolabel_rows(cams, images: list, keys: list, batch: int, config) -> list[tuple[str, float, float]]:
     """(what, wall seconds, CPU seconds for all images) of one-at-a-time and batched CAMs, each without and with
     the dense CRF."""
-    import dataclasses
 
     from ovss_cli.wsss.clip_es import pseudo_label
 
@@ -385,9 +380,7 @@ def benchmark_pseudolabel(
     from ovss_cli.runtime.seeding import seed_everything
     from ovss_cli.wsss.clip_es import ClipEsCams
     from ovss_cli.wsss.clip_features import ClipEsBackbone
-    from ovss_cli.wsss.config import ClipEsConfig, CrfParams
     from ovss_cli.wsss.crf import dense_crf
-    from ovss_cli.wsss.names import VOC_BACKGROUND_WORDS, VOC_PROMPT_NAMES
 
     device = common.resolve_device(device)
     seed_everything(0)
@@ -407,8 +400,6 @@ def benchmark_pseudolabel(
     dense_crf(pictures[0], scores, CrfParams())  # warm-up
     crf_times = [_wall_and_cpu(lambda: dense_crf(pictures[0], scores, CrfParams()), device) for _ in range(3)]
 
-    from rich.console import Console
-    from rich.table import Table
 
     threads = torch.get_num_threads() if device == "cpu" else None
     title = (f"ovss benchmark pseudolabel: {clip_model} (random), {images} VOC-sized images, {classes} classes each, "

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from ovss_cli.clip.config import ClipConfig, build_dense_clip
+from ovss_cli.config import from_dict
+from ovss_cli.errors import UsageError
+from ovss_cli.runtime.config import PRECISIONS
 
 CheckpointOption = typer.Option(None, "--checkpoint", "-c", help="Trained run folder or checkpoint file (.safetensors). Without it: zero-shot dense CLIP.")
 ClipModelOption = typer.Option(None, "--clip-model", help="open_clip model for the zero-shot baseline.", show_default="ViT-B-16; ovss-tiny for --bench toy")
@@ -19,10 +25,7 @@ DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when available)
 
 def check_device_and_precision(device: str, precision: str | None = None) -> None:
     """Spelling of --device and --precision, checked before torch is imported (a typo answers at once)."""
-    import re
 
-    from ovss_cli.errors import UsageError
-    from ovss_cli.runtime.config import PRECISIONS
 
     if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
         raise UsageError(f"--device must be auto, cpu or cuda[:N], got '{device}'")
@@ -31,7 +34,6 @@ def check_device_and_precision(device: str, precision: str | None = None) -> Non
 
 
 def check_checkpoint_path(checkpoint: Path) -> None:
-    from ovss_cli.errors import UsageError
 
     if not checkpoint.exists():
         raise UsageError(f"{checkpoint} does not exist; pass a run folder, a checkpoint file (.safetensors) "
@@ -39,7 +41,6 @@ def check_checkpoint_path(checkpoint: Path) -> None:
 
 
 def check_mode(mode: str) -> str:
-    from ovss_cli.errors import UsageError
 
     if mode not in ("sliding", "whole"):
         raise UsageError(f"--mode must be 'sliding' or 'whole', got '{mode}'")
@@ -52,7 +53,6 @@ NprocOption = typer.Option(None, "--nproc", min=1, help="CPU processes (gloo) on
 def zero_shot_clip(clip_model: Optional[str], pretrained: Optional[str], image_size: Optional[int],
                    tiny_default: bool) -> dict:
     """The `clip:` section of the zero-shot baseline: the options over ViT-B-16/openai (or the tiny random CLIP)."""
-    from ovss_cli.clip.config import ClipConfig
 
     tiny = tiny_default and clip_model is None
     defaults = {"name": "ovss-tiny", "pretrained": "", "image_size": 64} if tiny else {}
@@ -82,8 +82,6 @@ def build_segmenter(checkpoint: Optional[Path], clip_model: Optional[str], pretr
         from ovss_cli.loading import load_segmenter
 
         return load_segmenter(checkpoint, device)
-    from ovss_cli.clip.config import ClipConfig, build_dense_clip
-    from ovss_cli.config import from_dict
     from ovss_cli.methods.zeroshot import ZeroShotSegmenter
 
     section = {**zero_shot_clip(clip_model, pretrained, image_size, tiny_default), "templates": templates}
@@ -94,7 +92,6 @@ def build_segmenter(checkpoint: Optional[Path], clip_model: Optional[str], pretr
 def resolve_device(device: str) -> str:
     import torch
 
-    from ovss_cli.errors import UsageError
 
     check_device_and_precision(device)
     if device == "auto":

@@ -7,9 +7,20 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from ovss_cli.commands import common
+from ovss_cli.data.benchmarks import TOY, expand_benchmarks
+from ovss_cli.data.root import resolve_data_root
 from ovss_cli.fileio import write_json
+from ovss_cli.runtime.distributed import (
+    check_process_options,
+    init_distributed,
+    process_device,
+    relaunch_if_needed,
+    shutdown_distributed,
+)
 
 
 def evaluate(
@@ -35,9 +46,6 @@ def evaluate(
 
     Example: ovss evaluate --bench ade847 --bench pc459 --checkpoint runs/hclip/20260101-120000 --gpus 4
     """
-    from ovss_cli.data.benchmarks import TOY, expand_benchmarks
-    from ovss_cli.runtime.distributed import (check_process_options, init_distributed, process_device,
-                                              relaunch_if_needed, shutdown_distributed)
 
     common.check_mode(mode)
     common.check_device_and_precision(device, precision)
@@ -46,7 +54,6 @@ def evaluate(
     names = expand_benchmarks(list(bench))
     tiny = all(n == TOY for n in names)
     from ovss_cli.data.dataset import SegmentationSet
-    from ovss_cli.data.root import resolve_data_root
 
     # Data, weights and devices fail here, once, not once per rank after the relaunch.
     root = resolve_data_root(data_root)
@@ -54,8 +61,8 @@ def evaluate(
     common.check_model_source(checkpoint, clip_model, pretrained, tiny)
     if relaunch_if_needed(gpus, nproc=nproc):
         return
-    from ovss_cli.runtime.precision import resolve_precision
     from ovss_cli.evaluate.runner import evaluate_dataset
+    from ovss_cli.runtime.precision import resolve_precision
 
     dist = init_distributed(common.resolve_device(device))
     try:
@@ -78,8 +85,6 @@ def evaluate(
 
 
 def print_table(results: dict, datasets) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title="ovss evaluate")
     for column in ("benchmark", "mIoU", "fwIoU", "pACC", "mACC", "classes w/ GT", "images"):

@@ -8,11 +8,12 @@ from typing import Optional
 import typer
 
 from ovss_cli.commands import common
+from ovss_cli.data.vocab import load_vocabulary, parse_class_list
+from ovss_cli.errors import UsageError
 
 
 def check_out_path(out: Path, folder: bool) -> None:
     """--out must be creatable as a folder (open_clip) or a file (onnx): one line instead of a traceback."""
-    from ovss_cli.errors import UsageError
 
     if folder and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is an existing file; open_clip exports go into a folder, name a folder")
@@ -36,8 +37,6 @@ def export(
     Example: ovss export runs/hclip/20260101-120000 --format open_clip --out hclip_export/
     Example: ovss export runs/hclip/20260101-120000 --format onnx --vocab ade150 --batch 5 --out hclip_ade150.onnx
     """
-    from ovss_cli.data.vocab import load_vocabulary, parse_class_list
-    from ovss_cli.errors import UsageError
 
     if format not in ("open_clip", "onnx"):
         raise UsageError(f"--format must be open_clip or onnx, got '{format}'")

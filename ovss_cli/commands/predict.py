@@ -8,13 +8,15 @@ from typing import List, Optional
 import typer
 
 from ovss_cli.commands import common
+from ovss_cli.data.vocab import load_vocabulary, parse_class_list
+from ovss_cli.errors import UsageError
 from ovss_cli.fileio import write_json
+from ovss_cli.progress import track
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
-    from ovss_cli.errors import UsageError
 
     images: list[Path] = []
     for path in inputs:
@@ -38,7 +40,6 @@ def collect_images(inputs: list[Path]) -> list[Path]:
 def check_out_folder(out: Path, inputs: list[Path]) -> None:
     """--out must not be a folder the images come from: predictions would overwrite the user's files
     there (`x_label.png`) and be read back as inputs by the next run."""
-    from ovss_cli.errors import UsageError
 
     target = out.resolve()
     for path in inputs:
@@ -68,8 +69,6 @@ def predict(
 
     Example: ovss predict photos/ --classes "cat, grass, sky" --checkpoint runs/hclip/20260101-120000 --out seg/
     """
-    from ovss_cli.data.vocab import load_vocabulary, parse_class_list
-    from ovss_cli.errors import UsageError
 
     common.check_mode(mode)
     common.check_device_and_precision(device, precision)
@@ -85,10 +84,9 @@ def predict(
     import torch
 
     from ovss_cli.data.io import read_image
-    from ovss_cli.runtime.precision import autocast, resolve_precision
     from ovss_cli.evaluate.inference import predict_scores
     from ovss_cli.evaluate.visualize import palette, write_label_and_overlay
-    from ovss_cli.progress import track
+    from ovss_cli.runtime.precision import autocast, resolve_precision
 
     device = common.resolve_device(device)
     precision = resolve_precision(precision, device)

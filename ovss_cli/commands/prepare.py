@@ -8,6 +8,9 @@ from typing import Optional
 
 import typer
 
+from ovss_cli.data.root import resolve_data_root
+from ovss_cli.prepare.registry import get_dataset
+
 DATASET_NAMES = "coco-stuff, ade20k, ade20k-full, pascal-context, voc, coco-2014"
 
 
@@ -29,8 +32,6 @@ def prepare(
 
     Example: ovss prepare ade20k --download && ovss prepare ade20k --verify
     """
-    from ovss_cli.data.root import resolve_data_root
-    from ovss_cli.prepare.registry import get_dataset
 
     spec = get_dataset(dataset)
     root = resolve_data_root(data_root)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from ovss_cli.recipes import find_recipe, recipe_purpose, shipped_recipes
 
 
 def recipes(
@@ -14,15 +18,12 @@ def recipes(
 
     Example: ovss recipes hclip > my_hclip.yaml
     """
-    from ovss_cli.recipes import find_recipe, recipe_purpose, shipped_recipes
 
     if name is not None:
         path = find_recipe(name)
         typer.echo(f"# {path}", err=True)
         typer.echo(path.read_text(encoding="utf-8"), nl=False)
         return
-    from rich.console import Console
-    from rich.table import Table
 
     found = shipped_recipes()
     table = Table(title=f"ovss recipes ({len(found)}): ovss train NAME", title_justify="left")

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 
 def _display_names(runs: list[Path]) -> list[str]:
@@ -26,10 +28,16 @@ def runs(
 
     Example: ovss runs runs/quickstart/20260101-120000 runs/quickstart_hclip/20260101-130000
     """
-    from rich.console import Console
-    from rich.table import Table
 
-    from ovss_cli.engine.curves import curve_keys, draw_curves, find_runs, merged_rows, read_records, summarize, write_png
+    from ovss_cli.engine.curves import (
+        curve_keys,
+        draw_curves,
+        find_runs,
+        merged_rows,
+        read_records,
+        summarize,
+        write_png,
+    )
 
     found = find_runs(list(run_dirs))
     names = _display_names(found)

@@ -7,6 +7,19 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.methods.registry import METHODS, build_model
+from ovss_cli.recipes import load_recipe, recipe_to_yaml, save_recipe
+from ovss_cli.runtime.distributed import (
+    check_process_options,
+    init_distributed,
+    process_device,
+    relaunch_if_needed,
+    shutdown_distributed,
+)
 
 
 def train(
@@ -30,9 +43,7 @@ def train(
 
     Example: ovss train recipes/catseg_vitb.yaml train.iterations=20000 --gpus 4 --resume auto
     """
-    from ovss_cli.recipes import load_recipe
 
-    from ovss_cli.runtime.distributed import check_process_options, process_device
 
     overrides = list(overrides or [])
     if data_root is not None:
@@ -47,7 +58,6 @@ def train(
         return
     from ovss_cli.clip.zoo import RECIPE_WEIGHTS_HINT, check_clip_weights
     from ovss_cli.data.train_set import check_train_data
-    from ovss_cli.runtime.distributed import init_distributed, relaunch_if_needed, shutdown_distributed
 
     # Data, weights and devices fail here, once, not once per rank after the relaunch.
     check_train_data(parsed.data)
@@ -73,9 +83,6 @@ def train(
 def run_training(recipe, dist, output: Optional[Path], resume: Optional[str]):
     from ovss_cli.engine.runs import RunLock, choose_run_dir, remove_if_unstarted
     from ovss_cli.engine.trainer import train as train_loop
-    from ovss_cli.errors import OvssError
-    from ovss_cli.methods.registry import METHODS, build_model
-    from ovss_cli.recipes import save_recipe
     from ovss_cli.runtime.seeding import seed_everything
 
     seed_everything(recipe.seed)  # identical initialisation on every rank
@@ -138,12 +145,7 @@ def eval_mode_note(mode: str) -> str:
 
 def describe(recipe) -> None:
     """The --dry-run report: trainable parameters per optimizer group, data availability, resolved recipe."""
-    from rich.console import Console
-    from rich.table import Table
 
-    from ovss_cli.errors import UsageError
-    from ovss_cli.methods.registry import build_model
-    from ovss_cli.recipes import recipe_to_yaml
 
     model = build_model(recipe, pretrained=False)
     table = Table(title=f"{recipe.name}: trainable parameters (CLIP weights not loaded)")
@@ -173,9 +175,6 @@ def describe(recipe) -> None:
 
 @functools.wraps(train)
 def distill(**options) -> None:
-    from ovss_cli.errors import UsageError
-    from ovss_cli.methods.registry import METHODS
-    from ovss_cli.recipes import load_recipe
 
     method = load_recipe(options["recipe"], list(options["overrides"] or [])).method
     if not METHODS[method].distills:

@@ -6,13 +6,30 @@ the built-in defaults of `--dataset`); each flag given on the command line overr
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
 
 from ovss_cli.commands import common
+from ovss_cli.config import apply_overrides
+from ovss_cli.data.benchmarks import PSEUDO_LABEL_SETS
+from ovss_cli.errors import OvssError, UsageError
 from ovss_cli.fileio import write_json
+from ovss_cli.recipes import load_recipe, recipe_from_dict
+from ovss_cli.runtime.distributed import (
+    check_process_options,
+    init_distributed,
+    process_device,
+    relaunch_if_needed,
+    shutdown_distributed,
+)
+from ovss_cli.wsss.config import DEFAULT_BOX_THRESHOLD
+from ovss_cli.wsss.names import CLIP_ES_TEMPLATE, prompt_names
 
 RecipeOption = typer.Option(None, "--recipe", help="vpl recipe whose clip:, clip_es: and prototypes: sections give the settings (e.g. recipes/vpl_voc.yaml); flags override single keys. Default: built-in defaults for --dataset.")
 DatasetOption = typer.Option(None, "--dataset", help="voc, coco or toy (synthetic, no download).", show_default="the recipe's data.benchmark, else voc")
@@ -31,8 +48,6 @@ NEXT_RECIPE = {"voc": "recipes/vpl_voc.yaml", "coco": "recipes/vpl_coco.yaml", "
 def default_wsss_recipe(dataset: str) -> dict:
     """The built-in vpl recipe of a dataset (what recipes/vpl_voc.yaml, vpl_coco.yaml and quickstart_vpl.yaml hold
     for pseudo-labels and prototypes)."""
-    from ovss_cli.wsss.config import DEFAULT_BOX_THRESHOLD
-    from ovss_cli.wsss.names import CLIP_ES_TEMPLATE
 
     tiny = dataset == "toy"
     return {"name": f"vpl_{dataset}", "method": "vpl",
@@ -46,13 +61,8 @@ def wsss_recipe(recipe: Optional[Path], dataset: Optional[str], clip_model: Opti
                 overrides: dict):
     """(dataset, validated recipe): the recipe (or the dataset's defaults) with the given flags applied on top.
     `overrides` maps dotted keys to values; None values were not given."""
-    import yaml
 
-    from ovss_cli.config import apply_overrides
-    from ovss_cli.data.benchmarks import PSEUDO_LABEL_SETS
     from ovss_cli.data.image_labels import DATASETS
-    from ovss_cli.errors import UsageError
-    from ovss_cli.recipes import load_recipe, recipe_from_dict
 
     if dataset is not None and dataset not in DATASETS:
         raise UsageError(f"unknown WSSS dataset '{dataset}'; use one of {', '.join(DATASETS)}")
@@ -80,7 +90,6 @@ def wsss_recipe(recipe: Optional[Path], dataset: Optional[str], clip_model: Opti
 
 
 def _parse_scales(text: Optional[str]) -> Optional[list[float]]:
-    from ovss_cli.errors import UsageError
 
     if text is None:
         return None
@@ -120,9 +129,6 @@ def pseudolabel(
     Example: ovss pseudolabel --method clip-es --dataset voc --split train --out pseudo/clip_es --gpus 4
     """
     from ovss_cli.data.image_labels import open_image_label_set
-    from ovss_cli.errors import UsageError
-    from ovss_cli.runtime.distributed import (check_process_options, init_distributed, process_device,
-                                              relaunch_if_needed, shutdown_distributed)
 
     if method not in ("clip-es", "vpl"):
         raise UsageError(f"--method must be clip-es or vpl, got '{method}'")
@@ -153,7 +159,6 @@ def pseudolabel(
     # Data, weights and devices fail here, once, not once per rank after the relaunch (the data before torch).
     data = open_image_label_set(dataset, split, data_root, image_labels, limit)
     from ovss_cli.clip.zoo import check_clip_weights
-    from ovss_cli.wsss.names import prompt_names
     from ovss_cli.wsss.prototype_store import clip_identity, load_prototypes
 
     check_clip_weights(parsed.clip.name, parsed.clip.pretrained)
@@ -182,7 +187,6 @@ def pseudolabel(
 def next_train_command(recipe: Optional[Path], dataset: str, out: Path, prototypes: Optional[Path],
                        data_root: Optional[Path], clip_model: Optional[str], pretrained: Optional[str]) -> str:
     """The `ovss train` line that trains the vpl decoder on the pseudo-labels just written, as they were made."""
-    import shlex
 
     parts = ["ovss", "train", str(recipe or NEXT_RECIPE[dataset]), f"data.pseudo_labels={out.resolve()}"]
     if clip_model is not None or pretrained is not None:  # the decoder must sit on the CLIP that made the labels
@@ -200,7 +204,6 @@ def next_train_command(recipe: Optional[Path], dataset: str, out: Path, prototyp
 
 def _write_metrics(out: Path, summary) -> None:
     """`<out>/metrics.json`: this run's counts and the metrics over every image of the split so far."""
-    from dataclasses import asdict
 
     write_json(out / "metrics.json", asdict(summary))
 
@@ -248,11 +251,8 @@ def prototypes(
 
     Example: ovss prototypes --dataset voc --split train_aug --out prototypes/voc_vitb16.safetensors --gpus 4
     """
-    import dataclasses
 
     from ovss_cli.data.image_labels import open_image_label_set
-    from ovss_cli.runtime.distributed import (check_process_options, init_distributed, process_device,
-                                              relaunch_if_needed, shutdown_distributed)
 
     check_process_options(gpus, nproc)
     device = process_device(device, nproc)
@@ -275,8 +275,6 @@ def prototypes(
     import torch
 
     from ovss_cli.engine.pseudolabel import build_cams, collect_regions
-    from ovss_cli.errors import OvssError
-    from ovss_cli.wsss.names import prompt_names
     from ovss_cli.wsss.prototype_store import clip_identity, save_prototypes
     from ovss_cli.wsss.vpl import learn_prototypes
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovss_cli.data.vocab import load_vocabulary
 from ovss_cli.errors import UsageError
 from ovss_cli.textutil import did_you_mean
 
@@ -26,7 +27,6 @@ class Benchmark:
 
     @property
     def num_eval_classes(self) -> int:
-        from ovss_cli.data.vocab import load_vocabulary
 
         if self.background_from is not None:
             return self.background_from + 1

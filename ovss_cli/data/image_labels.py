@@ -8,11 +8,17 @@ segmentation ground truth via np.unique (as WeCLIP does; the only source on COCO
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ovss_cli.data.benchmarks import DatasetMissingError, get_benchmark, locate
+from ovss_cli.data.io import read_image, read_label, read_split_ids
+from ovss_cli.data.root import resolve_data_root
+from ovss_cli.data.toy import toy_length
+from ovss_cli.data.vocab import load_vocabulary
 from ovss_cli.errors import OvssError, UsageError
 
 DATASETS = ("voc", "coco", "toy")
@@ -57,7 +63,6 @@ class ImageLabelSet:
             from ovss_cli.data.toy import toy_sample
 
             return toy_sample(index, self.split)[0]
-        from ovss_cli.data.io import read_image
 
         return read_image(item.image_path)
 
@@ -71,7 +76,6 @@ class ImageLabelSet:
             return np.where(label == IGNORE, IGNORE, label + 1)  # toy classes 0..4 -> 1..5 (no background)
         if item.label_path is None or not item.label_path.is_file():
             return None
-        from ovss_cli.data.io import read_label
 
         return read_label(item.label_path)
 
@@ -93,7 +97,6 @@ def label_set_classes(name: str) -> tuple[str, ...]:
         from ovss_cli.data.toy import TOY_CLASSES
 
         return ("background", *TOY_CLASSES)
-    from ovss_cli.data.vocab import load_vocabulary
 
     return load_vocabulary({"voc": "voc21", "coco": "coco81"}[name])
 
@@ -110,7 +113,6 @@ def mask_labels(label: np.ndarray, num_classes: int, image_id: str = "") -> list
 
 def voc_xml_labels(path: Path | None, class_names: tuple[str, ...]) -> list[int]:
     """Classes of the <object><name> entries of a VOC annotation file, as indices of `class_names`."""
-    import xml.etree.ElementTree as ElementTree
 
     if path is None or not path.is_file():
         raise OvssError(f"VOC annotation {path} not found; extract VOCdevkit/VOC2012/Annotations from "
@@ -154,21 +156,17 @@ def open_image_label_set(name: str, split: str, root: Path | None = None, label_
 
 
 def _root(root: Path | None) -> Path:
-    from ovss_cli.data.root import resolve_data_root
 
     return resolve_data_root(root)
 
 
 def _toy(split: str, source: str) -> ImageLabelSet:
-    from ovss_cli.data.toy import toy_length
 
     items = [ImageLabelItem(f"toy_{split}_{i:05d}") for i in range(toy_length(split))]
     return ImageLabelSet("toy", split, label_set_classes("toy"), items, source)
 
 
 def _voc(split: str, root: Path, source: str) -> ImageLabelSet:
-    from ovss_cli.data.benchmarks import get_benchmark, locate
-    from ovss_cli.data.io import read_split_ids
 
     bench = get_benchmark("voc21")
     image_dir, label_dir = locate(replace(bench, title=f"PASCAL VOC {split} (WSSS)"), root)  # name the asked split
@@ -182,7 +180,6 @@ def _voc(split: str, root: Path, source: str) -> ImageLabelSet:
 
 
 def _coco(split: str, root: Path, source: str) -> ImageLabelSet:
-    from ovss_cli.data.benchmarks import DatasetMissingError, get_benchmark
     bench = get_benchmark("coco81")  # its folders name the val split; train lies beside them
     image_dir = root / Path(bench.image_dir).parent / f"{split}2014"
     label_dir = root / Path(bench.label_dir).parent / f"{split}2014"

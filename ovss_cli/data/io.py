@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image, ImageOps
 
 from ovss_cli.errors import OvssError
 from ovss_cli.fileio import write_bytes
@@ -25,7 +27,6 @@ def read_image(path: Path) -> np.ndarray:
 
     (cv2.imread fills the missing part of a truncated JPEG with grey and only warns.) The EXIF
     orientation is applied, as cv2.imread does."""
-    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
@@ -56,7 +57,6 @@ def read_split_ids(path: Path) -> list[str]:
 def read_indexed_png(path: Path) -> np.ndarray:
     """Class ids of a PNG: palette PNGs (VOC's SegmentationClass, ovss's label outputs) give their
     indices, not colours (cv2 would expand the palette); grayscale 8/16-bit PNGs give their values."""
-    from PIL import Image
 
     with Image.open(path) as image:
         if image.mode not in ("P", "L", "I", "I;16"):
@@ -90,7 +90,6 @@ def read_label(path: Path) -> np.ndarray:
 
 def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a uint8/uint16 [H, W] map or an RGB [H, W, 3] image."""
-    import cv2
 
     array = np.ascontiguousarray(array)
     if array.ndim == 3:
@@ -134,7 +133,6 @@ def encode_label_png(label: np.ndarray, num_classes: int) -> bytes:
 
     <= 255 classes: a palette PNG holding the ids; more: uint16 grayscale (ids as stored).
     """
-    from PIL import Image
 
     label = np.asarray(label)
     buffer = io.BytesIO()

@@ -8,11 +8,18 @@ so runs are reproducible with any number of workers and resume exactly. The samp
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from ovss_cli.data.benchmarks import PSEUDO_LABEL_SETS, TRAIN_SETS
+from ovss_cli.data.benchmarks import PSEUDO_LABEL_SETS, TRAIN_SETS, get_benchmark, locate
+from ovss_cli.data.image_labels import PSEUDO_LABEL_SETTINGS, open_image_label_set
+from ovss_cli.data.io import read_image, read_label
+from ovss_cli.data.root import resolve_data_root
+from ovss_cli.data.toy import toy_sample
+from ovss_cli.data.vocab import load_vocabulary
 from ovss_cli.errors import OvssError, UsageError
 
 IGNORE_INDEX = 255
@@ -28,7 +35,6 @@ def train_vocabulary(benchmark: str) -> tuple[str, ...]:
         from ovss_cli.data.toy import TOY_CLASSES
 
         return tuple(TOY_CLASSES)
-    from ovss_cli.data.vocab import load_vocabulary
 
     return load_vocabulary(TRAIN_SETS[benchmark])
 
@@ -40,8 +46,6 @@ def check_train_data(cfg) -> None:
         return
     if TRAIN_SETS[cfg.benchmark] is None:
         return
-    from ovss_cli.data.benchmarks import get_benchmark, locate
-    from ovss_cli.data.root import resolve_data_root
 
     locate(get_benchmark(cfg.benchmark), resolve_data_root(cfg.data_root or None))
 
@@ -58,9 +62,7 @@ def check_label_values(label: np.ndarray, num_classes: int, path: Path) -> None:
 
 def pseudo_label_source(cfg) -> dict:
     """The settings `ovss pseudolabel` recorded in data.pseudo_labels, checked against data.benchmark."""
-    import json
 
-    from ovss_cli.data.image_labels import PSEUDO_LABEL_SETTINGS
 
     folder = Path(cfg.pseudo_labels).expanduser() if cfg.pseudo_labels else None
     dataset = PSEUDO_LABEL_SETS[cfg.benchmark]
@@ -80,7 +82,6 @@ def pseudo_label_source(cfg) -> dict:
 
 def pseudo_label_items(cfg, root: Path | None) -> tuple[list, str]:
     """(image path or toy index, pseudo-label PNG) for every image of the pseudo-labelled split, and the split."""
-    from ovss_cli.data.image_labels import open_image_label_set
 
     settings = pseudo_label_source(cfg)
     folder = Path(cfg.pseudo_labels).expanduser()
@@ -105,8 +106,6 @@ class TrainSegmentationSet:
     """
 
     def __init__(self, cfg, seed: int, root: Path | None = None):
-        from ovss_cli.data.benchmarks import get_benchmark, locate
-        from ovss_cli.data.root import resolve_data_root
 
         self.cfg = cfg
         self.seed = int(seed)
@@ -136,8 +135,6 @@ class TrainSegmentationSet:
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw RGB uint8 [H, W, 3] image and int64 [H, W] label of item `index`."""
-        from ovss_cli.data.io import read_image, read_label
-        from ovss_cli.data.toy import toy_sample
 
         item = self.items[index]
         if isinstance(item, int):
@@ -175,7 +172,6 @@ def augment(image: np.ndarray, label: np.ndarray, cfg, rng: np.random.Generator)
 
 
 def resize_shortest_edge(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
 
     height, width = label.shape
     scale = size / min(height, width)
@@ -219,7 +215,6 @@ def crop(image: np.ndarray, label: np.ndarray, size: int, rng: np.random.Generat
 
 def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """SSD's colour distortion: random brightness, contrast (before or after), saturation and hue."""
-    import cv2
 
     out = image.astype(np.float32)
     if rng.random() < 0.5:

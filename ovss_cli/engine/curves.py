@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ovss_cli.errors import UsageError
+from ovss_cli.errors import OvssError, UsageError
 
 METRICS_FILE = "metrics.jsonl"
 PANEL_WIDTH, PANEL_HEIGHT = 720, 220
@@ -162,7 +162,6 @@ def draw_curves(runs: list[tuple[str, list[dict]]]) -> np.ndarray:
 
 
 def write_png(path: Path, picture: np.ndarray) -> None:
-    from ovss_cli.errors import OvssError
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):

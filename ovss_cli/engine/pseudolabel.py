@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 
 from ovss_cli.clip.config import ClipConfig, build_dense_clip
@@ -150,7 +151,6 @@ def collect_regions(dataset: ImageLabelSet, cams: ClipEsCams, region_cam: str, t
              torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long))
     if not dist.distributed:
         return local
-    import torch.distributed as torch_dist
 
     gathered: list = [None] * dist.world_size
     torch_dist.all_gather_object(gathered, local)

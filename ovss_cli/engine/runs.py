@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -143,7 +144,6 @@ class RunLock:
 def remove_if_unstarted(run_dir: Path) -> bool:
     """Delete a run folder this invocation created when the run failed before logging a step:
     it holds only the resolved recipe. A folder with checkpoints or metrics is never touched."""
-    import shutil
 
     run_dir = Path(run_dir)
     if any((run_dir / "checkpoints").glob("*")):

@@ -12,19 +12,29 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as tdist
 
+from ovss_cli import __version__
+from ovss_cli.clip.config import check_checkpoint_clip, pinned_clip_section
+from ovss_cli.data.benchmarks import expand_benchmarks
+from ovss_cli.data.dataset import SegmentationSet
+from ovss_cli.data.root import resolve_data_root
+from ovss_cli.data.train_set import TrainSegmentationSet
+from ovss_cli.engine.loader import build_loader, iterate_forever
+from ovss_cli.engine.runs import RunLog, StepReporter, Throughput
+from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.evaluate.runner import evaluate_dataset
+from ovss_cli.fileio import remove_temporaries
 from ovss_cli.runtime import checkpoint as ckpt
 from ovss_cli.runtime.distributed import DistInfo, barrier
 from ovss_cli.runtime.precision import autocast, resolve_precision
-from ovss_cli.engine.runs import RunLog, StepReporter, Throughput
 from ovss_cli.runtime.seeding import rng_state, seed_everything, set_rng_state, use_deterministic_kernels
-from ovss_cli.errors import OvssError, UsageError
-from ovss_cli.fileio import remove_temporaries
 
 
 @dataclass
@@ -64,7 +74,6 @@ def lr_factor(step: int, iterations: int, schedule: str, warmup_iters: int, warm
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -96,7 +105,6 @@ def _gather_rng(dist: DistInfo) -> list[dict]:
     state = rng_state()
     if not dist.distributed:
         return [state]
-    import torch.distributed as tdist
 
     states: list = [None] * dist.world_size
     tdist.all_gather_object(states, state)
@@ -104,8 +112,6 @@ def _gather_rng(dist: DistInfo) -> list[dict]:
 
 
 def checkpoint_sidecar(recipe, model, step: int, metrics: dict | None = None) -> dict:
-    from ovss_cli import __version__
-    from ovss_cli.clip.config import pinned_clip_section
 
     stored = recipe.to_dict()
     stored["clip"] = pinned_clip_section(stored["clip"], model.dense)  # rebuilds as trained, wherever loaded
@@ -142,9 +148,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _eval_sets(self) -> list:
-        from ovss_cli.data.benchmarks import expand_benchmarks
-        from ovss_cli.data.dataset import SegmentationSet
-        from ovss_cli.data.root import resolve_data_root
 
         train = self.recipe.train
         if not train.eval_benches:
@@ -153,8 +156,6 @@ class Trainer:
         return [SegmentationSet(name, root, train.eval_limit) for name in expand_benchmarks(train.eval_benches)]
 
     def _build(self) -> None:
-        from ovss_cli.data.train_set import TrainSegmentationSet
-        from ovss_cli.engine.loader import build_loader
 
         recipe = self.recipe
         if recipe.deterministic:
@@ -203,7 +204,6 @@ class Trainer:
         return ckpt.resolve_checkpoint(path)
 
     def _restore(self, weights: Path) -> int:
-        from ovss_cli.clip.config import check_checkpoint_clip
 
         state = ckpt.load_training_state(ckpt.training_state_path(weights))
         check_checkpoint_clip(self.model.dense, ckpt.read_sidecar(weights), str(weights))
@@ -274,7 +274,6 @@ class Trainer:
         barrier()
 
     def evaluate(self, step: int, reporter: StepReporter, run_log: RunLog) -> dict:
-        from ovss_cli.evaluate.runner import evaluate_dataset
 
         train = self.recipe.train
         self.model.eval()
@@ -307,7 +306,6 @@ class Trainer:
     def fit(self, resume: str | None = None, on_ready: Callable[[], None] | None = None) -> TrainResult:
         """Train to `train.iterations`; `on_ready` runs once the resume point is validated and restored,
         before this run writes anything into its folder."""
-        from ovss_cli.engine.loader import iterate_forever
 
         recipe, train, optim, dist = self.recipe, self.recipe.train, self.recipe.optim, self.dist
         start = self._resume_point(resume)

@@ -8,6 +8,7 @@ occur as well would cost 4-5 points on PC-459.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 
 class ConfusionMatrix:
@@ -32,7 +33,6 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrix over all ranks (no-op without an initialised process group)."""
-        import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.matrix)

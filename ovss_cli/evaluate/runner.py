@@ -8,12 +8,12 @@ from typing import Literal
 import torch
 
 from ovss_cli.data.dataset import SegmentationSet
-from ovss_cli.runtime.distributed import DistInfo
-from ovss_cli.runtime.precision import autocast
 from ovss_cli.evaluate.inference import predict_scores
 from ovss_cli.evaluate.metrics import ConfusionMatrix, compute_metrics
 from ovss_cli.evaluate.visualize import palette, write_label_and_overlay
 from ovss_cli.progress import track
+from ovss_cli.runtime.distributed import DistInfo
+from ovss_cli.runtime.precision import autocast
 
 
 def eval_class_names(dataset: SegmentationSet) -> list[str]:

@@ -24,8 +24,14 @@ from typing import Literal
 
 import torch
 
-from ovss_cli.losses.matrix_entropy import (EPS, batched_gram, compression_loss, global_batch_gram, gram,
-                                            mi_distillation_loss)
+from ovss_cli.losses.matrix_entropy import (
+    EPS,
+    batched_gram,
+    compression_loss,
+    global_batch_gram,
+    gram,
+    mi_distillation_loss,
+)
 
 GramAxis = Literal["batch", "patch", "class"]
 GRAM_AXES = ("batch", "patch", "class")

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ovss_cli.errors import UsageError
@@ -144,7 +145,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, local: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
 
         world = dist.get_world_size()
         sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(world)]
@@ -160,7 +160,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
 
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
@@ -172,7 +171,6 @@ def gather_with_grad(items: torch.Tensor) -> torch.Tensor:
 
     Gradients flow back to this rank's own items; ranks may hold different numbers of items.
     """
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return items

@@ -17,11 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ovss_cli.clip.config import build_dense_clip
 from ovss_cli.clip.dense import DenseCLIP
 from ovss_cli.clip.text import TextEncoder
+from ovss_cli.data.train_set import train_vocabulary
 from ovss_cli.decoder.catseg import CATSegDecoder
-from ovss_cli.losses.segmentation import segmentation_bce_loss
 from ovss_cli.errors import UsageError
+from ovss_cli.losses.segmentation import segmentation_bce_loss
+from ovss_cli.peft import apply_finetune
 
 IGNORE_INDEX = 255
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -34,7 +37,6 @@ class CATSegModel(nn.Module):
     def __init__(self, dense: DenseCLIP, text: TextEncoder, finetune_cfg, decoder_cfg, loss_cfg,
                  train_classes: Sequence[str], window: int):
         super().__init__()
-        from ovss_cli.peft import apply_finetune
 
         last_guidance = dense.vision_layers - 2  # the last block runs densely and cannot guide
         if max(decoder_cfg.guidance_layers) > last_guidance:
@@ -161,8 +163,6 @@ def _checkpointed(forward, *args, **kwargs):
 
 def build_catseg(recipe, pretrained: bool = True) -> CATSegModel:
     """The CAT-Seg model of a recipe; pretrained=False skips loading CLIP weights (a checkpoint will provide them)."""
-    from ovss_cli.clip.config import build_dense_clip
-    from ovss_cli.data.train_set import train_vocabulary
 
     dense, text = build_dense_clip(recipe.clip, load_weights=pretrained)
     return CATSegModel(dense, text, recipe.finetune, recipe.decoder, recipe.loss,

@@ -25,11 +25,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ovss_cli.clip.config import build_dense_clip
 from ovss_cli.clip.dense import DenseCLIP
 from ovss_cli.clip.text import TextEncoder
-from ovss_cli.losses.segmentation import segmentation_bce_loss
+from ovss_cli.data.train_set import train_vocabulary
 from ovss_cli.errors import OvssError
 from ovss_cli.losses.alignment_transfer import alignment_transfer_losses
+from ovss_cli.losses.segmentation import segmentation_bce_loss
 from ovss_cli.methods.catseg import IGNORE_INDEX, CATSegModel
 from ovss_cli.methods.infoclip_config import InfoClipConfig
 from ovss_cli.methods.lpam import PixelTextAlignment
@@ -116,8 +118,6 @@ def _forgive_missing_teacher_keys(module, incompatible_keys) -> None:
 def build_infoclip(recipe, pretrained: bool = True) -> InfoCLIPModel:
     """The InfoCLIP model of a recipe. pretrained=False skips loading CLIP weights and builds no teacher
     (a checkpoint provides the student; such a model evaluates and predicts but cannot train)."""
-    from ovss_cli.clip.config import build_dense_clip
-    from ovss_cli.data.train_set import train_vocabulary
 
     recipe.infoclip.check_global_batch(recipe.data.batch_size, recipe.optim.accumulate_steps)
     dense, text = build_dense_clip(recipe.clip, load_weights=pretrained)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ovss_cli.errors import UsageError
 from ovss_cli.peft.config import FinetuneConfig
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ def apply_finetune(clip_model: "nn.Module", cfg: FinetuneConfig) -> "FinetuneHan
     Afterwards exactly the parameters that should train have requires_grad=True, and every new
     parameter is registered inside `clip_model`.
     """
-    from ovss_cli.errors import UsageError
     from ovss_cli.peft import adapter, attention_qv, hclip, lora, oft, ssf, vpt
     from ovss_cli.peft.blocks import encoder_blocks, freeze
     from ovss_cli.peft.handle import MARKER, Attachment, FinetuneHandle

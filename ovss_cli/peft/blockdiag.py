@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from ovss_cli.errors import UsageError
+
 
 def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     """Disable autocast on `device` (a no-op where autocast does not exist, e.g. meta tensors)."""
@@ -57,7 +59,6 @@ def apply_output_side(weight: torch.Tensor, blocks: torch.Tensor) -> torch.Tenso
 
 def block_count(width: int, block_size: int, where: str) -> int:
     """Number of blocks of edge `block_size` tiling `width`, or a UsageError saying what to change."""
-    from ovss_cli.errors import UsageError
 
     if width % block_size:
         fitting = max(d for d in range(1, min(block_size, width) + 1) if width % d == 0)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ovss_cli.errors import UsageError
+from ovss_cli.peft.handle import Attachment
 
 # rows of nn.MultiheadAttention.in_proj_weight: [W_q; W_k; W_v]
 QKV_INDEX = {"q": 0, "k": 1, "v": 2}
@@ -55,9 +57,7 @@ def parametrize_linear_targets(model: nn.Module, cfg, make_transform):
 
     Shared by the weight-transform adapters (LoRA, OFT): they differ only in the transform.
     """
-    from torch.nn.utils import parametrize
 
-    from ovss_cli.peft.handle import Attachment
 
     attachment = Attachment()
     blocks = encoder_blocks(model)

@@ -6,7 +6,9 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ovss_cli.errors import UsageError
 
@@ -58,7 +60,6 @@ class FinetuneHandle:
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
-        from torch.nn.utils import parametrize
 
         self.refresh()
         with parametrize.cached():
@@ -91,8 +92,6 @@ class FinetuneHandle:
             )
         if self._merged:
             return
-        import torch
-        from torch.nn.utils import parametrize
 
         with torch.no_grad():
             self.refresh()

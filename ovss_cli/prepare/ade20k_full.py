@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import json
 import pickle
+from importlib import resources
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image
 
-from ovss_cli.errors import OvssError
 from ovss_cli.data.io import write_label
+from ovss_cli.data.vocab import load_vocabulary
+from ovss_cli.errors import OvssError
 from ovss_cli.fileio import atomic_path
 from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, echo, link_or_copy, run_jobs
 from ovss_cli.prepare.context import Context
@@ -60,7 +64,6 @@ def load_index(path: Path) -> dict:
 
 def official_class_values() -> list[int]:
     """The class value of each of the 847 train ids, as the official conversion fixes them."""
-    from importlib import resources
 
     return json.loads(resources.files("ovss_cli.data").joinpath("vocab", "ade847_ids.json").read_text("utf-8"))
 
@@ -102,8 +105,6 @@ def resized_shape(height: int, width: int) -> tuple[int, int] | None:
 
 
 def convert_one(image_path: Path, seg_path: Path, image_out: Path, label_out: Path, lut: np.ndarray) -> str:
-    import cv2
-    from PIL import Image
 
     with Image.open(seg_path) as seg:
         classes = decode_class_map(np.asarray(seg.convert("RGB")))
@@ -135,7 +136,6 @@ def _image_path(root: Path, folder: str, filename: str) -> Path:
 
 
 def convert(context: Context) -> list[SplitCount]:
-    from ovss_cli.data.vocab import load_vocabulary
 
     base = context.root / FOLDER
     index = load_index(base / "index_ade20k.pkl")

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from ovss_cli.errors import OvssError
+from ovss_cli.progress import track
 from ovss_cli.textutil import first_line
 
 MAX_LINK_DEPTH = 40  # deeper link chains are loops or attacks
@@ -145,7 +146,6 @@ def safe_extract(archive: Path, target: Path, progress: bool = True, max_bytes: 
     Returns the number of members. Raises UnsafeArchiveError (nothing written) for a member
     escaping `target` or members larger than `max_bytes` together, OvssError for an unreadable archive.
     """
-    from ovss_cli.progress import track
 
     description = f"extracting {archive.name}"
     try:

@@ -14,9 +14,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
-from ovss_cli.errors import OvssError
 from ovss_cli.data.io import write_label
+from ovss_cli.errors import OvssError
 from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, run_jobs
 from ovss_cli.prepare.context import Context
 from ovss_cli.prepare.registry import OFFICIAL_COUNTS
@@ -26,7 +27,6 @@ SPLITS = ("train2014", "val2014")
 
 def instance_mask(segmentation, height: int, width: int) -> np.ndarray:
     """Binary mask of a polygon list, an uncompressed RLE or a compressed RLE."""
-    from pycocotools import mask as mask_utils
 
     if isinstance(segmentation, list):
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 from ovss_cli.data.io import read_indexed_png  # noqa: F401  (the converters' reader of label PNGs)
 from ovss_cli.errors import OvssError
 from ovss_cli.fileio import atomic_path, remove_temporaries
+from ovss_cli.progress import track
 
 # What a conversion job reports back.
 WRITTEN = "written"
@@ -56,7 +57,6 @@ def run_jobs(function: Callable[..., str], jobs: Sequence[Job], workers: int, de
     `function` must be a module-level function (it is pickled to the workers) returning
     WRITTEN or EMPTY. Returns how many jobs ended in each state, PRESENT included.
     """
-    from ovss_cli.progress import track
 
     for folder in {path.parent for job in jobs for path in job.outputs}:
         remove_temporaries(folder)

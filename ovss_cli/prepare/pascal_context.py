@@ -12,9 +12,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 
-from ovss_cli.errors import OvssError
 from ovss_cli.data.io import write_label
+from ovss_cli.data.vocab import load_vocabulary
+from ovss_cli.errors import OvssError
 from ovss_cli.fileio import write_text
 from ovss_cli.prepare.common import WRITTEN, Job, SplitCount, echo, run_jobs
 from ovss_cli.prepare.context import Context
@@ -56,7 +58,6 @@ def pc59_lut(labels: dict[int, str], pc59_names: list[str]) -> np.ndarray:
 
 
 def load_label_map(path: Path) -> np.ndarray:
-    import scipy.io
 
     try:
         label = scipy.io.loadmat(str(path))["LabelMap"]
@@ -75,7 +76,6 @@ def convert_one(mat: Path, pc459_out: Path, pc59_out: Path, lut59: np.ndarray) -
 
 
 def convert(context: Context) -> list[SplitCount]:
-    from ovss_cli.data.vocab import load_vocabulary
 
     base = context.root / "VOCdevkit" / "VOC2010"
     labels = read_labels_txt(base / "labels.txt")

@@ -14,7 +14,6 @@ from ovss_cli.errors import UsageError
 from ovss_cli.prepare.download import Checksum
 from ovss_cli.textutil import did_you_mean
 
-
 UNPACK_FACTOR = 4
 UNPACK_FLOOR = 8 * 10**9
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from ovss_cli.data.benchmarks import DatasetMissingError
 from ovss_cli.errors import UsageError
-from ovss_cli.prepare.archive import safe_extract
 from ovss_cli.fileio import write_text
+from ovss_cli.prepare.archive import safe_extract
 from ovss_cli.prepare.common import echo, link_or_copy
 from ovss_cli.prepare.download import DownloadError, download
 from ovss_cli.prepare.registry import Archive, DatasetSpec
+from ovss_cli.progress import track
 
 MARKERS = ".ovss/extracted"
 
@@ -50,7 +51,6 @@ def extract_archive(root: Path, archive: Archive, file: Path, progress: bool) ->
 
 def link_extracted(root: Path, archive: Archive, source: Path, progress: bool) -> None:
     """Hard-link (else copy) an extracted copy of the archive's contents from `source`."""
-    from ovss_cli.progress import track
 
     write_text(_marker(root, archive, "extracting"), str(source))
     pairs = []

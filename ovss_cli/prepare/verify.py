@@ -12,16 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ovss_cli.data.benchmarks import BENCHMARKS, get_benchmark
+from ovss_cli.data.io import read_image, read_label, read_split_ids
 from ovss_cli.errors import OvssError
 from ovss_cli.prepare.common import SplitCount, check_counts, list_files
 from ovss_cli.prepare.registry import BENCHMARK_COUNTS
+from ovss_cli.progress import track
 
 MAX_LISTED = 3
 
 
 def check_pair(label_path: Path, image_path: Path, num_classes: int, ignore: int) -> str | None:
     """A problem with one label/image pair, or None. The image is decoded in full (a truncated file is a problem)."""
-    from ovss_cli.data.io import read_image, read_label
 
     if not label_path.is_file():
         return f"{label_path} is missing"
@@ -50,9 +52,6 @@ def _check_args(args: tuple) -> str | None:
 
 def verify_benchmark(name: str, root: Path, workers: int, progress: bool) -> tuple[int, list[str]]:
     """(number of pairs checked, problems) for one benchmark of ovss_cli.data.benchmarks."""
-    from ovss_cli.data.benchmarks import get_benchmark
-    from ovss_cli.data.io import read_split_ids
-    from ovss_cli.progress import track
 
     benchmark = get_benchmark(name)
     image_dir, label_dir = root / benchmark.image_dir, root / benchmark.label_dir
@@ -80,7 +79,6 @@ def verify_benchmark(name: str, root: Path, workers: int, progress: bool) -> tup
 def verify_dataset(dataset: str, root: Path, workers: int = 1, strict_counts: bool = True,
                    progress: bool = True) -> list[str]:
     """Summary lines for every benchmark `dataset` produces; OvssError listing the first problems."""
-    from ovss_cli.data.benchmarks import BENCHMARKS
 
     names = [name for name, benchmark in BENCHMARKS.items() if benchmark.prepare == dataset]
     problems: list[str] = []

@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 
-from ovss_cli.data.io import read_split_ids
+from ovss_cli.data.io import read_split_ids, write_label
 from ovss_cli.errors import OvssError
-from ovss_cli.data.io import write_label
 from ovss_cli.fileio import write_text
 from ovss_cli.prepare.common import EMPTY, WRITTEN, Job, SplitCount, list_files, read_indexed_png, run_jobs
 from ovss_cli.prepare.context import Context
@@ -47,7 +47,6 @@ def read_ids(path: Path) -> list[str]:
 
 
 def load_sbd_segmentation(path: Path) -> np.ndarray:
-    import scipy.io
 
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)

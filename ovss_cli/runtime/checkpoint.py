@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ovss_cli.errors import OvssError
 from ovss_cli.fileio import atomic_write, write_json
@@ -28,7 +29,6 @@ BEST = "best"
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """A safetensors file of CPU copies of `tensors`, written atomically."""
-    from safetensors.torch import save_file
 
     # clones: safetensors refuses tensors that share storage, and the file must not alias live parameters
     tensors = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in tensors.items()}
@@ -41,7 +41,6 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load every weight of `model` from a safetensors file (strict); a bad file gives one clear line."""
-    from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(path))

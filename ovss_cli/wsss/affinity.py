@@ -7,8 +7,11 @@ Each class only propagates from inside the bounding boxes of its confident CAM r
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
+
+from ovss_cli.wsss.gradcam import minmax
 
 
 def sinkhorn_normalise(matrix: torch.Tensor, rounds: int = 3) -> torch.Tensor:
@@ -39,7 +42,6 @@ def box_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
     exclusive slicing, so a box reaching the right/bottom border stops one patch short
     (kept for parity with the published pseudo-labels).
     """
-    import cv2
 
     height, width = cam.shape
     score = (cam * 255).astype(np.uint8)
@@ -59,7 +61,6 @@ def refine_cam(affinity: torch.Tensor, cam: torch.Tensor, mask: torch.Tensor) ->
 
 def refine_cams(affinity: torch.Tensor, cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """`refine_cam` for k maps of one image at once: cams [k, N], masks [k, N] -> [k, N] (one matrix product)."""
-    from ovss_cli.wsss.gradcam import minmax
 
     # (A with columns outside m zeroed) @ cam = A @ (m * cam): masking the sources instead of the matrix.
     sources = (cams * masks.to(cams.dtype)).to(affinity.dtype)

@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ovss_cli.data.image_labels import IGNORE
+from ovss_cli.wsss.affinity import attention_affinity, box_mask, refine_cams
 from ovss_cli.wsss.config import ClipEsConfig
+from ovss_cli.wsss.crf import dense_crf
+from ovss_cli.wsss.gradcam import batch_softmax_gradcam, batch_softmax_scores
 
 
 @dataclass
@@ -75,8 +78,6 @@ class ClipEsCams:
     def _same_size_batch(self, tensors: torch.Tensor, images: list[np.ndarray], keys: list[list[int]]) -> list[tuple]:
         """Per image (CAMs at the image size, refined patch CAMs, GradCAMs, patch embeddings, grid) for same-size
         inputs [B, 3, H, W]: one frozen pass, one last-block graph, one backward per class slot."""
-        from ovss_cli.wsss.affinity import attention_affinity, box_mask, refine_cams
-        from ovss_cli.wsss.gradcam import batch_softmax_gradcam, batch_softmax_scores
 
         cfg = self.config
         num_classes, device = self.foreground.shape[0], self.backbone.device
@@ -107,7 +108,6 @@ class ClipEsCams:
 
 def pseudo_label(cams: torch.Tensor, keys: list[int], image: np.ndarray, config: ClipEsConfig) -> np.ndarray:
     """uint8 [H, W] label (0 background, keys, 255 ignore) from CAMs [k, H, W] of classes `keys`."""
-    from ovss_cli.wsss.crf import dense_crf
 
     height, width = image.shape[:2]
     if not keys:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from ovss_cli.clip.dense import resize_pos_embed
@@ -71,7 +72,6 @@ class ClipEsBackbone(nn.Module):
     def prepare_image(self, image: np.ndarray, scale: float = 1.0) -> torch.Tensor:
         """RGB uint8 [H, W, 3] -> CLIP-normalised [1, 3, H', W'], resized with CLIP's interpolation (PIL; bicubic
         for OpenAI CLIP, as CLIP-ES) to H' = ceil(scale * H / patch) * patch (the same for W)."""
-        from PIL import Image
 
         height, width = image.shape[:2]
         size = tuple(int(math.ceil(scale * s / self.patch_size)) * self.patch_size for s in (width, height))

@@ -12,7 +12,6 @@ from typing import Literal, Optional
 
 from ovss_cli.errors import UsageError
 
-
 BILATERAL_METHODS = ("lattice", "grouped")
 
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ovss_cli.wsss.config import CrfParams  # the recipe section lives with the other WSSS settings
+from ovss_cli.wsss.lattice import PermutohedralLattice, csr_from_rows
 
 
 def channels_last(q: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,6 @@ class LatticeBilateralFilter:
     permutohedral lattice and upsampled bilinearly (see the module docstring for what it approximates)."""
 
     def __init__(self, image: torch.Tensor, sxy: float, srgb: float, downsample: int = 4):
-        from ovss_cli.wsss.lattice import PermutohedralLattice
 
         self.size = tuple(image.shape[:2])
         self.step = downsample
@@ -117,7 +117,6 @@ class LatticeBilateralFilter:
         bilateral kernel between the pixel and each block (joint bilateral upsampling), so that a pixel beside a
         colour edge takes its message from the blocks of its own colour; `fallback` x the bilinear weights keep
         pixels of a colour no nearby block has."""
-        from ovss_cli.wsss.lattice import csr_from_rows
 
         height, width = self.size
         (h, w), step, device = self.grid, self.step, image.device

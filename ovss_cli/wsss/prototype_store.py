@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ovss_cli.errors import OvssError, UsageError
 from ovss_cli.fileio import atomic_write, write_json
@@ -41,7 +42,6 @@ def sidecar_path(path: Path) -> Path:
 
 def save_prototypes(path: Path, prototypes: torch.Tensor, text_prototypes: torch.Tensor, metadata: dict) -> None:
     """Write weights and sidecar, each through a temporary file and a rename."""
-    from safetensors.torch import save_file
 
     tensors = {"prototypes": prototypes.float().cpu().contiguous(),
                "text_prototypes": text_prototypes.float().cpu().contiguous()}
@@ -51,7 +51,6 @@ def save_prototypes(path: Path, prototypes: torch.Tensor, text_prototypes: torch
 
 def load_prototypes(path: Path, clip_identity_expected: str, class_names: tuple[str, ...]) -> tuple[torch.Tensor, dict]:
     """Unit prototypes [K, C] and their sidecar, checked against the CLIP identity and class names in use."""
-    from safetensors.torch import load_file
 
     sidecar = sidecar_path(path)
     if not path.is_file() or not sidecar.is_file():

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ovss_cli.wsss.config import VplConfig
 
+
 def region_embeddings(patch_embeddings: torch.Tensor, cams: torch.Tensor,
                       threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """CAM-weighted means [k, C] of patch embeddings [N, C] under cams [k, N], and which rows had any weight."""

@@ -38,8 +38,6 @@ def weights_identity(path: str | Path) -> str:
 class TextEncoder:
     def __init__(self, clip_name: str, templates: list[str], model_id: str | None = None,
                  cache_dir: Path | None = None, join_synonyms: bool = False):
-
-
         register_ovss_configs()  # ovss's own model names (ovss-tiny) have tokenizers too
         self.tokenizer = open_clip.get_tokenizer(clip_name)
         self.templates = list(templates)

@@ -147,7 +147,6 @@ def load_clip_state(model, state: dict, source: str, name: str) -> None:
 
 
 def _tag_config(name: str, tag: str) -> dict:
-
     tags = open_clip.list_pretrained_tags_by_model(name)
     if tag not in tags:
         raise UsageError(
@@ -163,7 +162,6 @@ RECIPE_WEIGHTS_HINT = "clip.pretrained=/path/to/{name}.pt"
 
 
 def _check_model_name(name: str) -> None:
-
     register_ovss_configs()
     if name not in open_clip.list_models():
         raise UsageError(f"unknown CLIP model '{name}'{did_you_mean(name, open_clip.list_models())}; "

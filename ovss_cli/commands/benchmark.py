@@ -73,7 +73,6 @@ def time_calls_with_cpu(call: Callable[[], None], repeats: int, warmup: int, dev
 def _encoder(recipe, device: str):
     """The recipe's CLIP image encoder alone (random weights, every parameter trainable)."""
 
-
     dense, _ = build_dense_clip(dataclasses.replace(recipe.clip, pretrained=""))
     visual = dense.clip.visual.to(device)
     for param in visual.parameters():
@@ -150,7 +149,6 @@ def _time_inference(parsed, names: list[str], device: str, precision: str, image
 
 
 def _report(title: str, rows: list[tuple[str, int, float, float]], memory_note: str) -> None:
-
     table = Table(title=title)
     for column in ("what", "batch", "img/s", "ms/step", f"peak memory MB{memory_note}"):
         table.add_column(column, justify="left" if column == "what" else "right")
@@ -399,7 +397,6 @@ def benchmark_pseudolabel(
     scores = torch.rand(21, *VOC_SIZES[0], generator=generator).to(device)
     dense_crf(pictures[0], scores, CrfParams())  # warm-up
     crf_times = [_wall_and_cpu(lambda: dense_crf(pictures[0], scores, CrfParams()), device) for _ in range(3)]
-
 
     threads = torch.get_num_threads() if device == "cpu" else None
     title = (f"ovss benchmark pseudolabel: {clip_model} (random), {images} VOC-sized images, {classes} classes each, "

@@ -26,7 +26,6 @@ DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when available)
 def check_device_and_precision(device: str, precision: str | None = None) -> None:
     """Spelling of --device and --precision, checked before torch is imported (a typo answers at once)."""
 
-
     if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
         raise UsageError(f"--device must be auto, cpu or cuda[:N], got '{device}'")
     if precision is not None and precision != "auto" and precision not in PRECISIONS:
@@ -34,14 +33,12 @@ def check_device_and_precision(device: str, precision: str | None = None) -> Non
 
 
 def check_checkpoint_path(checkpoint: Path) -> None:
-
     if not checkpoint.exists():
         raise UsageError(f"{checkpoint} does not exist; pass a run folder, a checkpoint file (.safetensors) "
                          "or an export folder")
 
 
 def check_mode(mode: str) -> str:
-
     if mode not in ("sliding", "whole"):
         raise UsageError(f"--mode must be 'sliding' or 'whole', got '{mode}'")
     return mode
@@ -91,7 +88,6 @@ def build_segmenter(checkpoint: Optional[Path], clip_model: Optional[str], pretr
 
 def resolve_device(device: str) -> str:
     import torch
-
 
     check_device_and_precision(device)
     if device == "auto":

@@ -85,7 +85,6 @@ def evaluate(
 
 
 def print_table(results: dict, datasets) -> None:
-
     table = Table(title="ovss evaluate")
     for column in ("benchmark", "mIoU", "fwIoU", "pACC", "mACC", "classes w/ GT", "images"):
         table.add_column(column, justify="left" if column == "benchmark" else "right")

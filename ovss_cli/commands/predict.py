@@ -17,7 +17,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
-
     images: list[Path] = []
     for path in inputs:
         if path.is_dir():

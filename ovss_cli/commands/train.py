@@ -44,7 +44,6 @@ def train(
     Example: ovss train recipes/catseg_vitb.yaml train.iterations=20000 --gpus 4 --resume auto
     """
 
-
     overrides = list(overrides or [])
     if data_root is not None:
         overrides.append(f"data.data_root={data_root}")
@@ -146,7 +145,6 @@ def eval_mode_note(mode: str) -> str:
 def describe(recipe) -> None:
     """The --dry-run report: trainable parameters per optimizer group, data availability, resolved recipe."""
 
-
     model = build_model(recipe, pretrained=False)
     table = Table(title=f"{recipe.name}: trainable parameters (CLIP weights not loaded)")
     for column in ("group", "tensors", "parameters", "lr", "weight decay"):
@@ -175,7 +173,6 @@ def describe(recipe) -> None:
 
 @functools.wraps(train)
 def distill(**options) -> None:
-
     method = load_recipe(options["recipe"], list(options["overrides"] or [])).method
     if not METHODS[method].distills:
         raise UsageError(f"recipe method '{method}' does not distil from a teacher; run it with "

@@ -90,7 +90,6 @@ def wsss_recipe(recipe: Optional[Path], dataset: Optional[str], clip_model: Opti
 
 
 def _parse_scales(text: Optional[str]) -> Optional[list[float]]:
-
     if text is None:
         return None
     try:

@@ -27,7 +27,6 @@ class Benchmark:
 
     @property
     def num_eval_classes(self) -> int:
-
         if self.background_from is not None:
             return self.background_from + 1
         return len(load_vocabulary(self.vocabulary))

@@ -156,18 +156,15 @@ def open_image_label_set(name: str, split: str, root: Path | None = None, label_
 
 
 def _root(root: Path | None) -> Path:
-
     return resolve_data_root(root)
 
 
 def _toy(split: str, source: str) -> ImageLabelSet:
-
     items = [ImageLabelItem(f"toy_{split}_{i:05d}") for i in range(toy_length(split))]
     return ImageLabelSet("toy", split, label_set_classes("toy"), items, source)
 
 
 def _voc(split: str, root: Path, source: str) -> ImageLabelSet:
-
     bench = get_benchmark("voc21")
     image_dir, label_dir = locate(replace(bench, title=f"PASCAL VOC {split} (WSSS)"), root)  # name the asked split
     split_file = (root / bench.split_file).parent / f"{split}.txt"

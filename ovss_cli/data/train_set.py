@@ -63,7 +63,6 @@ def check_label_values(label: np.ndarray, num_classes: int, path: Path) -> None:
 def pseudo_label_source(cfg) -> dict:
     """The settings `ovss pseudolabel` recorded in data.pseudo_labels, checked against data.benchmark."""
 
-
     folder = Path(cfg.pseudo_labels).expanduser() if cfg.pseudo_labels else None
     dataset = PSEUDO_LABEL_SETS[cfg.benchmark]
     if folder is None or not (folder / PSEUDO_LABEL_SETTINGS).is_file():
@@ -106,7 +105,6 @@ class TrainSegmentationSet:
     """
 
     def __init__(self, cfg, seed: int, root: Path | None = None):
-
         self.cfg = cfg
         self.seed = int(seed)
         self.class_names = train_vocabulary(cfg.benchmark)
@@ -172,7 +170,6 @@ def augment(image: np.ndarray, label: np.ndarray, cfg, rng: np.random.Generator)
 
 
 def resize_shortest_edge(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-
     height, width = label.shape
     scale = size / min(height, width)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))

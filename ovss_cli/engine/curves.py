@@ -162,7 +162,6 @@ def draw_curves(runs: list[tuple[str, list[dict]]]) -> np.ndarray:
 
 
 def write_png(path: Path, picture: np.ndarray) -> None:
-
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
         raise OvssError(f"cannot write {path}")

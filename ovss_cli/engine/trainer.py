@@ -112,7 +112,6 @@ def _gather_rng(dist: DistInfo) -> list[dict]:
 
 
 def checkpoint_sidecar(recipe, model, step: int, metrics: dict | None = None) -> dict:
-
     stored = recipe.to_dict()
     stored["clip"] = pinned_clip_section(stored["clip"], model.dense)  # rebuilds as trained, wherever loaded
     return {
@@ -148,7 +147,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _eval_sets(self) -> list:
-
         train = self.recipe.train
         if not train.eval_benches:
             return []
@@ -156,7 +154,6 @@ class Trainer:
         return [SegmentationSet(name, root, train.eval_limit) for name in expand_benchmarks(train.eval_benches)]
 
     def _build(self) -> None:
-
         recipe = self.recipe
         if recipe.deterministic:
             use_deterministic_kernels()
@@ -204,7 +201,6 @@ class Trainer:
         return ckpt.resolve_checkpoint(path)
 
     def _restore(self, weights: Path) -> int:
-
         state = ckpt.load_training_state(ckpt.training_state_path(weights))
         check_checkpoint_clip(self.model.dense, ckpt.read_sidecar(weights), str(weights))
         ckpt.load_weights(self.model, weights)
@@ -274,7 +270,6 @@ class Trainer:
         barrier()
 
     def evaluate(self, step: int, reporter: StepReporter, run_log: RunLog) -> dict:
-
         train = self.recipe.train
         self.model.eval()
         try:

@@ -145,7 +145,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, local: torch.Tensor) -> torch.Tensor:
-
         world = dist.get_world_size()
         sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(world)]
         dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.long, device=local.device))
@@ -160,7 +159,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.start : ctx.stop]

@@ -58,7 +58,6 @@ def parametrize_linear_targets(model: nn.Module, cfg, make_transform):
     Shared by the weight-transform adapters (LoRA, OFT): they differ only in the transform.
     """
 
-
     attachment = Attachment()
     blocks = encoder_blocks(model)
     for encoder in cfg.encoders:

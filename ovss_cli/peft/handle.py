@@ -60,7 +60,6 @@ class FinetuneHandle:
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
-
         self.refresh()
         with parametrize.cached():
             yield

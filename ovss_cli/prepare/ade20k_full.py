@@ -105,7 +105,6 @@ def resized_shape(height: int, width: int) -> tuple[int, int] | None:
 
 
 def convert_one(image_path: Path, seg_path: Path, image_out: Path, label_out: Path, lut: np.ndarray) -> str:
-
     with Image.open(seg_path) as seg:
         classes = decode_class_map(np.asarray(seg.convert("RGB")))
     classes = np.where(classes < len(lut), classes, 0)
@@ -136,7 +135,6 @@ def _image_path(root: Path, folder: str, filename: str) -> Path:
 
 
 def convert(context: Context) -> list[SplitCount]:
-
     base = context.root / FOLDER
     index = load_index(base / "index_ade20k.pkl")
     lut = class_value_lut(official_class_values(), list(index["objectnames"]), list(load_vocabulary("ade847")))

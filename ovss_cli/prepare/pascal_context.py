@@ -58,7 +58,6 @@ def pc59_lut(labels: dict[int, str], pc59_names: list[str]) -> np.ndarray:
 
 
 def load_label_map(path: Path) -> np.ndarray:
-
     try:
         label = scipy.io.loadmat(str(path))["LabelMap"]
     except (KeyError, ValueError, OSError) as err:
@@ -76,7 +75,6 @@ def convert_one(mat: Path, pc459_out: Path, pc59_out: Path, lut59: np.ndarray) -
 
 
 def convert(context: Context) -> list[SplitCount]:
-
     base = context.root / "VOCdevkit" / "VOC2010"
     labels = read_labels_txt(base / "labels.txt")
     pc459 = list(load_vocabulary("pc459"))

@@ -47,7 +47,6 @@ def read_ids(path: Path) -> list[str]:
 
 
 def load_sbd_segmentation(path: Path) -> np.ndarray:
-
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
         return np.asarray(mat["GTcls"].Segmentation, dtype=np.uint8)

@@ -83,7 +83,6 @@ class LatticeBilateralFilter:
     permutohedral lattice and upsampled bilinearly (see the module docstring for what it approximates)."""
 
     def __init__(self, image: torch.Tensor, sxy: float, srgb: float, downsample: int = 4):
-
         self.size = tuple(image.shape[:2])
         self.step = downsample
         colour = self._pool(image.float())  # [h, w, 3] block-mean colours

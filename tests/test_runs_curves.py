@@ -83,3 +83,10 @@ def test_tensorboard_is_on_when_installed(tmp_path, monkeypatch, capsys):
     assert runs.RunLog(tmp_path, True, tensorboard=True)._writer == "writer"  # asked for: tried (and warns if absent)
     assert runs.RunLog(tmp_path, True, tensorboard=False)._writer is None
     assert len(made) == 2
+
+
+def test_tick_labels_carry_the_digits_that_tell_close_values_apart():
+    # three digits would print 0.501 three times; four tell them apart
+    assert curves.tick_labels([0.5006, 0.50105, 0.5015]) == ["0.5006", "0.501", "0.5015"]
+    assert curves.tick_labels([0.0, 50.0, 100.0]) == ["0", "50", "100"]
+    assert curves.tick_labels([12340.0, 12350.0]) == ["1.23e+04", "1.24e+04"]

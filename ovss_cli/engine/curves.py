@@ -93,8 +93,13 @@ def merged_rows(records: list[dict], keys: list[str], count: int) -> list[dict]:
     return [{"step": step, **{key: by_step[step].get(key) for key in keys}} for step in steps]
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2e}"
+def tick_labels(values: list[float]) -> list[str]:
+    """The values with the fewest significant digits (at least 3) that still tell them apart."""
+    for digits in range(3, 10):
+        labels = [f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.{digits - 1}e}" for v in values]
+        if len(set(labels)) == len(set(values)):
+            return labels
+    return labels
 
 
 def _panel(key: str, runs: list[tuple[str, list[dict]]]) -> np.ndarray:
@@ -119,11 +124,12 @@ def _panel(key: str, runs: list[tuple[str, list[dict]]]) -> np.ndarray:
         y = y0 - (v - v_lo) / (v_hi - v_lo) * (y0 - y1)
         return np.stack([x, y], axis=-1).round().astype(np.int32)
 
-    for fraction in (0.0, 0.5, 1.0):  # y ticks at the bottom, middle and top, x ticks at both ends
+    fractions = (0.0, 0.5, 1.0)  # y ticks at the bottom, middle and top, x ticks at both ends
+    labels = tick_labels([v_lo + fraction * (v_hi - v_lo) for fraction in fractions])
+    for fraction, label in zip(fractions, labels):
         y = int(round(y0 - fraction * (y0 - y1)))
         cv2.line(canvas, (x0 - 4, y), (x0, y), (0, 0, 0), 1)
-        cv2.putText(canvas, _fmt(v_lo + fraction * (v_hi - v_lo)), (4, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(canvas, label, (4, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     for step, x in ((s_lo, x0), (s_hi, x1)):
         label = f"{int(step)}"
         cv2.putText(canvas, label, (max(0, x - 4 * len(label)), y0 + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4,

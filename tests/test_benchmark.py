@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ovss_cli.cli import app
-from ovss_cli.commands.benchmark import time_calls, time_calls_with_cpu
+from ovss_cli.perf.bench import time_calls, time_calls_with_cpu
 from tests.helpers import QUICKSTART, TINY
 
 runner = CliRunner()

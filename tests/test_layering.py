@@ -24,7 +24,8 @@ FLOORS = [
     {"wsss"},  # CLIP-ES / VPL algorithms on frozen CLIP
     {"methods"},  # one module per method: model + loss
     {"evaluate"},  # metrics, sliding window, scoring loops
-    {"engine", "perf"},  # the training loop, data loading, runs, other loops
+    {"engine"},  # the training loop, data loading, runs, the pseudo-label loop
+    {"perf"},  # cost models and the measurements behind `ovss benchmark`
     {"recipes"},  # the recipe schema: composes every room's config section
     {"loading"},  # trained models from checkpoints and export folders
     {"export", "convert"},  # plain open_clip / ONNX out; official checkpoints in

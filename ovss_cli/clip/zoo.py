@@ -29,8 +29,6 @@ def register_ovss_configs() -> None:
     """Make ovss's own model configs (e.g. `ovss-tiny`) known to open_clip (idempotent)."""
     global _registered
     if not _registered:
-        import open_clip
-
         open_clip.add_model_config(_CONFIG_DIR)
         _registered = True
 

@@ -137,8 +137,6 @@ def pseudolabel(
                  "clip_es.box_threshold": box_threshold, "clip_es.scales": _parse_scales(scales)}
     dataset, parsed = wsss_recipe(recipe, dataset, clip_model, pretrained, overrides)
     if crf is False:
-        import dataclasses
-
         parsed.clip_es = dataclasses.replace(parsed.clip_es, crf=None)
     elif crf and parsed.clip_es.crf is None:
         from ovss_cli.wsss.config import CrfParams

@@ -74,8 +74,6 @@ def read_label(path: Path) -> np.ndarray:
         elif path.suffix.lower() == ".png":
             label = read_indexed_png(path)
         else:
-            import cv2
-
             label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if label is None:
                 raise ValueError("unreadable")

@@ -124,8 +124,6 @@ def generate_pseudolabels(dataset: ImageLabelSet, cams: ClipEsCams, out_dir: Pat
                 counts[5] += float(valid.sum())
     confusion.all_reduce()
     if dist.distributed:
-        import torch.distributed as torch_dist
-
         torch_dist.all_reduce(counts)
     images, written, skipped, with_truth, labelled, valid = (float(c) for c in counts.cpu())
     metrics = compute_metrics(confusion.matrix, dataset.class_names) if with_truth else None

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel
 
 from ovss_cli import __version__
 from ovss_cli.clip.config import check_checkpoint_clip, pinned_clip_section
@@ -87,8 +88,6 @@ def _mean_over_ranks(values: dict[str, torch.Tensor], dist: DistInfo) -> dict[st
     """Means over the ranks, still on the device: reading them (float) waits for the step, so only log steps do."""
     stacked = torch.stack([values[k] for k in sorted(values)])
     if dist.distributed:
-        import torch.distributed as tdist
-
         tdist.all_reduce(stacked)
         stacked /= dist.world_size
     return dict(zip(sorted(values), stacked.unbind()))
@@ -317,8 +316,6 @@ class Trainer:
             on_ready()
         model = self.step_model
         if dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             model = DistributedDataParallel(self.model, device_ids=[dist.local_rank] if self.device.type == "cuda" else None,
                                             find_unused_parameters=train.find_unused_parameters, broadcast_buffers=False)
             model = torch.compile(model) if train.compile else model

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ovss_cli.errors import OvssError
+
 
 class ConfusionMatrix:
     """A [num_classes, num_classes] count matrix (rows: ground truth, columns: prediction), kept on-device."""
@@ -24,8 +26,6 @@ class ConfusionMatrix:
         target, prediction = target[keep].long(), prediction[keep].long()
         if target.numel() and (int(target.min()) < 0 or int(target.max()) >= self.num_classes):
             bad = int(target.max()) if int(target.max()) >= self.num_classes else int(target.min())
-            from ovss_cli.errors import OvssError
-
             raise OvssError(f"label value {bad} is outside 0..{self.num_classes - 1} (ignore is {ignore_index}); "
                             "the label maps do not match this benchmark: re-run `ovss prepare`")
         index = target * self.num_classes + prediction

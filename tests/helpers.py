@@ -5,7 +5,10 @@ Test modules import from here (never from each other).
 
 from __future__ import annotations
 
+import stat
+import zipfile
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -155,3 +158,34 @@ def make_ade847(root, rng, count=3):
         preds.append(pred)
         gts.append(gt.astype(np.int64))
     return np.stack(preds), np.stack(gts)
+
+
+def zip_link(handle: zipfile.ZipFile, name: str, target: str) -> None:
+    """A symlink member `name -> target` in a zip being written."""
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    handle.writestr(info, target)
+
+
+def write_zip_link_chain(path: Path, harmless: str) -> None:
+    """A zip whose links each look harmless on their own text but together lead out of the target:
+    a/b -> .., a/b/c -> .., then a file under a/b/c/ (beside one harmless file `harmless`)."""
+    with zipfile.ZipFile(path, "w") as handle:
+        handle.writestr(harmless, "fine")
+        zip_link(handle, "a/b", "..")
+        zip_link(handle, "a/b/c", "..")
+        handle.writestr("a/b/c/escaped.txt", "evil")
+
+
+def poison_training_loss(monkeypatch, model_class, at_call: int, poison: Callable) -> None:
+    """Make `model_class.training_loss`'s `at_call`-th call return `poison(model, losses)` instead of its losses."""
+    original = model_class.training_loss
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        out = original(self, batch)
+        calls["n"] += 1
+        return poison(self, out) if calls["n"] == at_call else out
+
+    monkeypatch.setattr(model_class, "training_loss", poisoned)
+

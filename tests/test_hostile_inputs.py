@@ -11,7 +11,6 @@ import io
 import os
 import pickle
 import socket
-import stat
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -26,8 +25,7 @@ from typer.testing import CliRunner
 from ovss_cli.cli import app
 from ovss_cli.commands import common
 from ovss_cli.engine.runs import LOCK_NAME
-from tests.helpers import PixelOracle
-from tests.test_train import QUICKSTART, TINY
+from tests.helpers import QUICKSTART, TINY, PixelOracle, write_zip_link_chain
 
 runner = CliRunner()
 
@@ -60,12 +58,6 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _zip_link(handle: zipfile.ZipFile, name: str, target: str) -> None:
-    info = zipfile.ZipInfo(name)
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    handle.writestr(info, target)
-
-
 def _ade150_prepared(root: Path, image: bytes) -> None:
     _write(root / "ADEChallengeData2016/annotations_detectron2/validation/ADE_val_00000001.png",
            _png(np.zeros((16, 20), np.uint8)))
@@ -75,11 +67,7 @@ def _ade150_prepared(root: Path, image: bytes) -> None:
 def zip_link_chain(tmp: Path):
     downloads = tmp / "downloads"
     downloads.mkdir()
-    with zipfile.ZipFile(downloads / "ADEChallengeData2016.zip", "w") as handle:
-        handle.writestr("ADEChallengeData2016/readme.txt", "fine")
-        _zip_link(handle, "a/b", "..")
-        _zip_link(handle, "a/b/c", "..")
-        handle.writestr("a/b/c/escaped.txt", "evil")
+    write_zip_link_chain(downloads / "ADEChallengeData2016.zip", "ADEChallengeData2016/readme.txt")
     root = tmp / "data"
     return ["prepare", "ade20k", "--from", str(downloads), "--data-root", str(root), "--no-progress"], root
 

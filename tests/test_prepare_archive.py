@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ovss_cli.prepare.archive import UnsafeArchiveError, safe_extract
+from tests.helpers import write_zip_link_chain
 
 
 def _tar(path: Path, entries: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
@@ -87,19 +88,9 @@ def test_zip_slip_and_zip_symlink_are_refused(tmp_path: Path):
     assert not os.path.lexists(tmp_path / "out2" / "inner" / "link")
 
 
-def _zip_link(handle: zipfile.ZipFile, name: str, target: str) -> None:
-    info = zipfile.ZipInfo(name)
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    handle.writestr(info, target)
-
-
 def test_a_zip_link_chain_is_refused_before_anything_is_written(tmp_path: Path):
     # each link looks harmless on its own text; together they lead out of the target
-    with zipfile.ZipFile(tmp_path / "chain.zip", "w") as handle:
-        handle.writestr("harmless.txt", "ok")
-        _zip_link(handle, "a/b", "..")
-        _zip_link(handle, "a/b/c", "..")
-        handle.writestr("a/b/c/escaped.txt", "evil")
+    write_zip_link_chain(tmp_path / "chain.zip", "harmless.txt")
     area = tmp_path / "area"
     with pytest.raises(UnsafeArchiveError, match="is a link"):
         safe_extract(tmp_path / "chain.zip", area / "out", progress=False)

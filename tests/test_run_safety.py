@@ -18,7 +18,7 @@ from ovss_cli.engine.runs import LOCK_NAME, RunLock
 from ovss_cli.errors import OvssError
 from ovss_cli.fileio import TEMP_MARK
 from ovss_cli.methods.catseg import CATSegModel
-from tests.helpers import TINY, error_line
+from tests.helpers import TINY, error_line, poison_training_loss
 from tests.helpers import train_quickstart as train
 
 
@@ -100,19 +100,12 @@ def test_a_stale_lock_is_taken_over_and_killed_writes_are_swept(finished, tmp_pa
 
 
 def test_a_divergent_update_is_never_saved_and_the_named_checkpoint_is_finite(tmp_path, monkeypatch):
-    original = CATSegModel.training_loss
-    calls = {"n": 0}
+    def nan_gradient(model, out):
+        # finite loss (0 * sqrt(0) = 0) whose gradient is 0 * inf = nan: the update, not the loss, diverges
+        anchor = next(p for p in model.parameters() if p.requires_grad)
+        return {**out, "loss": out["loss"] + 0.0 * torch.sqrt(anchor.sum() * 0.0)}
 
-    def poisoned_gradient_at_step_3(self, batch):
-        out = original(self, batch)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            # finite loss (0 * sqrt(0) = 0) whose gradient is 0 * inf = nan: the update, not the loss, diverges
-            anchor = next(p for p in self.parameters() if p.requires_grad)
-            out["loss"] = out["loss"] + 0.0 * torch.sqrt(anchor.sum() * 0.0)
-        return out
-
-    monkeypatch.setattr(CATSegModel, "training_loss", poisoned_gradient_at_step_3)
+    poison_training_loss(monkeypatch, CATSegModel, 3, nan_gradient)
     run = tmp_path / "diverged"
     result = train(*TINY, "train.checkpoint_every=1", "train.keep_last=10", "--output", str(run))
     assert result.exit_code == 1

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from ovss_cli.engine.trainer import Trainer
 from ovss_cli.methods.catseg import CATSegModel
-from tests.helpers import QUICKSTART, ROOT, TINY, error_line
+from tests.helpers import QUICKSTART, ROOT, TINY, error_line, poison_training_loss
 from tests.helpers import train_quickstart as train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -188,17 +188,7 @@ def test_a_missing_data_folder_gives_one_clear_line(tmp_path):
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(reference, tmp_path, monkeypatch):
-    original = CATSegModel.training_loss
-    calls = {"n": 0}
-
-    def nan_at_step_4(self, batch):
-        out = original(self, batch)
-        calls["n"] += 1
-        if calls["n"] == 4:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    monkeypatch.setattr(CATSegModel, "training_loss", nan_at_step_4)
+    poison_training_loss(monkeypatch, CATSegModel, 4, lambda model, out: {**out, "loss": out["loss"] * float("nan")})
     run = tmp_path / "nan"
     result = train(*TINY, "--output", str(run))
     assert result.exit_code == 1

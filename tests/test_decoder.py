@@ -21,6 +21,7 @@ from ovss_cli.decoder.swin import (
     window_partition,
     window_reverse,
 )
+from ovss_cli.decoder.upsample import GuidedUpStage, composition_taps
 from ovss_cli.errors import UsageError
 from ovss_cli.losses.segmentation import segmentation_bce_loss
 
@@ -263,6 +264,47 @@ def test_more_classes_than_pad_len_keeps_top_classes_by_max_similarity():
         with torch.no_grad():
             alone = decoder(image[i : i + 1], text[:, kept], [b[i : i + 1] for b in blocks])
         assert torch.allclose(logits[i, kept], alone[0], atol=1e-5)
+
+
+# ---- upsampling ---------------------------------------------------------------------------------
+
+
+def literal_up_stage(stage: GuidedUpStage, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    """CAT-Seg's Up block as written: transposed conv, concat the guidance repeated per class, DoubleConv."""
+    up = stage.up(x)
+    repeated = guidance.repeat_interleave(x.shape[0] // guidance.shape[0], dim=0)
+    y = F.relu(stage.norm1(stage.conv1(torch.cat([up, repeated], dim=1))))
+    return F.relu(stage.norm2(stage.conv2(y)))
+
+
+@pytest.mark.parametrize("grid", [(3, 5), (4, 4)])
+def test_up_stage_equals_the_literal_concat_form_in_float64(grid):
+    torch.manual_seed(0)
+    stage = GuidedUpStage(width=12, out_dim=16, guidance_dim=4).double()
+    randomise(stage)  # a non-zero transposed-conv bias shows the zero padding of the upsampled map
+    h, w = grid
+    x = torch.randn(6, 12, h, w, dtype=torch.float64, requires_grad=True)  # 2 images x 3 classes
+    guidance = torch.randn(2, 4, 2 * h, 2 * w, dtype=torch.float64, requires_grad=True)
+    outputs, grads = [], []
+    for forward in (stage, lambda a, b: literal_up_stage(stage, a, b)):
+        stage.zero_grad()
+        x.grad = guidance.grad = None
+        out = forward(x, guidance)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        outputs.append(out)
+        grads.append([x.grad, guidance.grad, *(p.grad for p in stage.parameters())])
+    assert outputs[0].shape == (6, 16, 2 * h, 2 * w)
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-12)
+    for fused, literal in zip(*grads):
+        assert torch.allclose(fused, literal, atol=1e-10)
+
+
+def test_composition_taps_send_each_sub_pixel_and_tap_to_one_kernel_tap():
+    taps = composition_taps()
+    assert torch.equal(taps.sum(dim=0), torch.ones(3, 2))
+    # the outer taps of the 4x4 kernel come from one (dy, p) pair, the inner two from two pairs each
+    assert taps.sum(dim=(1, 2)).tolist() == [1, 2, 2, 1]
+    assert taps[0, 2, 0] == 1 and taps[3, 0, 1] == 1
 
 
 # ---- shapes, gradients, checkpointing ---------------------------------------------------------

@@ -51,8 +51,6 @@ def _reset_peak(device: str) -> None:
 
 
 def _peak_mb(device: str) -> float:
-
-
     return peak_memory_mb(torch.device(device))
 
 
@@ -87,9 +85,6 @@ def _encoder(recipe, device: str):
 
 def _training_step(parsed, device: str, precision: str, batch: int):
     """(model, one call of the Trainer's own step) on the recipe's model: forward, loss, backward, clipping, AdamW."""
-
-
-
     seed_everything(parsed.seed)
     size = parsed.data.crop_size
     recipe = dataclasses.replace(parsed, train=dataclasses.replace(parsed.train, precision=precision),

@@ -151,8 +151,8 @@ def rolled_swin_block(block: GuidedSwinBlock, x: torch.Tensor, guidance: torch.T
 def test_window_order_is_roll_then_partition():
     h, w, window, shift = 8, 12, 4, 2
     grid = torch.arange(h * w).view(1, h, w, 1)
-    rolled = window_partition(torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2)), window).flatten()
-    assert torch.equal(window_order(h, w, window, shift), rolled)
+    rolled = window_partition(torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2)), window)  # [nW, L, 1]
+    assert torch.equal(window_order(h, w, window, shift), rolled.squeeze(-1).t().flatten())
 
 
 def test_spatial_aggregation_equals_the_rolled_reference_in_float64():

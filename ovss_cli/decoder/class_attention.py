@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovss_cli.decoder.guided_linear import guided_linear
+
 EPS = 1e-6  # denominator guard of the official linear attention
 
 
@@ -86,16 +88,11 @@ class ClassAggregation(nn.Module):
             self.padding_guidance = nn.Parameter(torch.zeros(guidance_dim))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, H, W, C] -> [B, T, H//p, W//p, C], AvgPool2d(p) semantics (remainder dropped)."""
-        p = self.pool_size
+        """[B, T, H, W, C] -> [B, T, H//p, W//p, C], AvgPool2d(p) as the official layer (remainder dropped);
+        run on a channels-last view of the maps, whose pooling kernels read memory in order."""
         b, t, h, w, c = x.shape
-        hp, wp = h // p, w // p
-        x = x[:, :, : hp * p, : wp * p].reshape(b, t, hp, p, wp, p, c)
-        return x.mean(dim=(3, 5))
-
-    def _split_linear(self, layer: nn.Linear, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """layer([x, guidance]) with guidance [..., G] broadcastable against x's leading dims."""
-        return F.linear(x, layer.weight[:, : self.dim]) + F.linear(guidance, layer.weight[:, self.dim :], layer.bias)
+        grid = F.avg_pool2d(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2), self.pool_size)
+        return grid.permute(0, 2, 3, 1).reshape(b, t, *grid.shape[-2:], c)
 
     def forward(self, x: torch.Tensor, text_guidance: torch.Tensor) -> torch.Tensor:
         """x: [B, T, H, W, C]; text_guidance: [B, T, G] (projected text embedding per class)."""
@@ -106,8 +103,8 @@ class ClassAggregation(nn.Module):
 
         normed = self.norm1(pooled)
         guidance = text_guidance[:, :, None, None, :]
-        q = self._split_linear(self.q, normed, guidance)
-        k = self._split_linear(self.k, normed, guidance)
+        q = guided_linear(self.q, normed, guidance)
+        k = guided_linear(self.k, normed, guidance)
         v = self.v(normed)
         # classes become the sequence: [B, T, h, w, C] -> [B*h*w, T, heads, D]
         q, k, v = (z.permute(0, 2, 3, 1, 4).reshape(b * hp * wp, t, self.heads, -1) for z in (q, k, v))
@@ -116,7 +113,7 @@ class ClassAggregation(nn.Module):
         pad_k = pad_v = None
         if n_pad:
             pad_normed = self.norm1(self.padding_token)
-            pad_k = self._split_linear(self.k, pad_normed, self.padding_guidance).view(self.heads, -1)
+            pad_k = guided_linear(self.k, pad_normed, self.padding_guidance).view(self.heads, -1)
             pad_v = self.v(pad_normed).view(self.heads, -1)
         attended = linear_attention(q, k, v, pad_k, pad_v, n_pad).to(pooled.dtype)
         attended = attended.reshape(b, hp, wp, t, c).permute(0, 3, 1, 2, 4)

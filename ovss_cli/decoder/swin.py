@@ -2,9 +2,12 @@
 
 The cost volume of every class is an independent image; all B x T of them go through the
 window attention as one batch. The appearance guidance (one map per image) joins only the
-query/key inputs. Because a linear layer on a concatenation is the sum of linear maps of its
-parts, the guidance's contribution to q/k is computed once per image and broadcast over the
-classes instead of concatenating T copies of it.
+query/key inputs; its part of q/k is computed once per image (`guided_linear`).
+
+Token sequences are kept in a window order whose position is (token in window) x windows +
+window: then the windows of a map fold into the attention's head dimension as a view, so
+q, k and v reach `scaled_dot_product_attention` without a copy and one [windows x heads, L, L]
+mask serves every map of the batch.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovss_cli.decoder.guided_linear import guided_linear
 from ovss_cli.errors import UsageError
 
 
@@ -49,15 +53,16 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
 
 
 def window_order(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor:
-    """Raster indices [H*W] of the tokens in window order: `window_partition(roll(grid, -shift), window)` flattened.
+    """Raster indices [H*W] of the tokens in window order: `window_partition(roll(grid, -shift), window)`,
+    transposed to [window^2, nW] and flattened (position = token in window x nW + window).
 
-    Gathering the raster token sequence with it lays out every window contiguously, which is
-    what torch.roll followed by the window partition produces, in one copy instead of two.
+    One gather with it does what torch.roll followed by the window partition does, in one copy
+    instead of two, in the order that lets windows fold into the head dimension.
     """
     rows = (torch.arange(height, device=device) + shift) % height
     cols = (torch.arange(width, device=device) + shift) % width
     raster = rows[:, None] * width + cols[None, :]
-    return window_partition(raster[None, :, :, None], window).flatten()
+    return window_partition(raster[None, :, :, None], window).squeeze(-1).t().flatten()
 
 
 class GuidedWindowAttention(nn.Module):
@@ -73,40 +78,28 @@ class GuidedWindowAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def project_guidance(self, guidance: torch.Tensor) -> torch.Tensor:
-        """Guidance part of q and k (biases included): [..., G] -> [..., 2 * dim]."""
-        weight = torch.cat([self.q.weight[:, self.dim :], self.k.weight[:, self.dim :]], dim=0)
-        return F.linear(guidance, weight, torch.cat([self.q.bias, self.k.bias]))
+    def project(self, x: torch.Tensor, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, T, N, dim] of tokens x [B, T, N, dim] with guidance [B, N, G] (shared by the classes)."""
+        guidance = guidance[:, None]
+        return guided_linear(self.q, x, guidance), guided_linear(self.k, x, guidance), self.v(x)
 
-    def project_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Token part of q and k, and v: [..., dim] -> [..., 3 * dim]."""
-        weight = torch.cat([self.q.weight[:, : self.dim], self.k.weight[:, : self.dim], self.v.weight], dim=0)
-        bias = torch.cat([torch.zeros_like(self.q.bias), torch.zeros_like(self.k.bias), self.v.bias])
-        return F.linear(x, weight, bias)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_area: int,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """q, k, v: [..., L * nW, dim] in window order (L = window_area); mask: [nW, L, L] bool (True = attend)
+        or None -> [..., L * nW, dim], still in window order.
 
-    def attend(self, qkv: torch.Tensor, window_area: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """qkv: [..., nW * L, 3 * dim] in window order (L = window_area); mask: [nW, L, L] bool
-        (True = attend) or None -> [..., nW * L, dim], still in window order.
-
-        Without a mask, q, k and v are strided views of qkv, each window a batch entry. With one,
-        the windows of a map are folded into the head dimension so that a single [1, nW * heads, L, L]
-        mask broadcasts over all maps (B x T of them); both stay 4-D, which keeps
-        scaled_dot_product_attention on its fused kernels.
+        Windows and heads share one dimension of [maps, nW * heads, L, d] views, so both blocks are one
+        4-D `scaled_dot_product_attention` call on its fused kernel, without copying q, k or v.
         """
-        lead, tokens = qkv.shape[:-2], qkv.shape[-2]
-        windows = tokens // window_area
-        head_dim = self.dim // self.heads
-        if mask is None:
-            split = qkv.reshape(-1, window_area, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(*split.unbind(0))  # [maps * nW, heads, L, d]
-            out = out.transpose(1, 2)
-        else:
-            split = qkv.reshape(-1, windows, window_area, 3, self.heads, head_dim).permute(3, 0, 1, 4, 2, 5)
-            q, k, v = split.reshape(3, -1, windows * self.heads, window_area, head_dim).unbind(0)
-            attn_mask = mask.repeat_interleave(self.heads, dim=0)[None]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [maps, nW * heads, L, d]
-            out = out.view(-1, windows, self.heads, window_area, head_dim).transpose(2, 3)
-        return self.proj(out.reshape(*lead, tokens, self.dim))
+        lead, tokens = q.shape[:-2], q.shape[-2]
+        heads = tokens // window_area * self.heads
+
+        def split(z: torch.Tensor) -> torch.Tensor:
+            return z.reshape(-1, window_area, heads, self.dim // self.heads).transpose(1, 2)
+
+        attn_mask = None if mask is None else mask.repeat_interleave(self.heads, dim=0)[None]
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(*lead, tokens, self.dim))
 
 
 class GuidedSwinBlock(nn.Module):
@@ -142,11 +135,8 @@ class GuidedSwinBlock(nn.Module):
 
     def forward_ordered(self, x: torch.Tensor, guidance: torch.Tensor, window: int, mask: torch.Tensor | None) -> torch.Tensor:
         """x: [B, T, N, C] and guidance: [B, N, G] (normalised), both in this block's window order."""
-        c = x.shape[-1]
-        qkv = self.attn.project_tokens(self.norm1(x))
-        # in place is safe: a linear layer's backward does not need its output
-        qkv[..., : 2 * c] += self.attn.project_guidance(guidance)[:, None]  # shared by all classes
-        x = x + self.attn.attend(qkv, window * window, mask)
+        q, k, v = self.attn.project(self.norm1(x), guidance)
+        x = x + self.attn.attend(q, k, v, window * window, mask)
         return x + self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:

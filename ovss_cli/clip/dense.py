@@ -36,6 +36,11 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], old_grid: t
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
+def prompt_length(token_ids: torch.Tensor) -> int:
+    """Tokens up to and including the longest prompt's end token (the largest id, as in open_clip's pooling)."""
+    return int(token_ids.argmax(dim=-1).max()) + 1
+
+
 class DenseCLIP(nn.Module):
     """open_clip CLIP with dense (per-patch) image features at any input size.
 
@@ -124,15 +129,16 @@ class DenseCLIP(nn.Module):
         return DenseFeatures(tokens=tokens, cls=x[:, 0], guidance=[guidance[i] for i in guidance_layers])
 
     # ----------------------------------------------------------------- text side
-    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, token_ids: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """open_clip's encode_text, run only up to the longest prompt's end token.
 
         The text transformer is causal and pools at the end token, so positions after the
         longest prompt cannot influence any output: the result equals the full-length one.
+        `length` (`prompt_length(token_ids)`) spares a read from the device when the caller knows it.
         """
         clip = self.clip
         eot = token_ids.argmax(dim=-1)
-        length = int(eot.max()) + 1
+        length = prompt_length(token_ids) if length is None else length
         x = clip.token_embedding(token_ids[:, :length])
         x = x + clip.positional_embedding[:length].to(x.dtype)
         mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
@@ -142,8 +148,9 @@ class DenseCLIP(nn.Module):
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]
         return pooled @ clip.text_projection
 
-    def class_text_embeddings(self, token_ids: torch.Tensor, num_classes: int, chunk: int = 1024) -> torch.Tensor:
-        """Encode class-major prompts [T*P, ctx] into [T, P, C] (not normalised)."""
-        outputs = [self.encode_text(token_ids[i : i + chunk]) for i in range(0, token_ids.shape[0], chunk)]
+    def class_text_embeddings(self, token_ids: torch.Tensor, num_classes: int, chunk: int = 1024,
+                              length: int | None = None) -> torch.Tensor:
+        """Encode class-major prompts [T*P, ctx] into [T, P, C] (not normalised); `length` as in `encode_text`."""
+        outputs = [self.encode_text(token_ids[i : i + chunk], length) for i in range(0, token_ids.shape[0], chunk)]
         embeddings = torch.cat(outputs, dim=0)
         return embeddings.reshape(num_classes, -1, embeddings.shape[-1])

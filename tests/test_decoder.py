@@ -266,6 +266,15 @@ def test_more_classes_than_pad_len_keeps_top_classes_by_max_similarity():
         assert torch.allclose(logits[i, kept], alone[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("templates", [1, 3])
+def test_cost_embedding_by_unfolded_patches_equals_the_7x7_conv(templates):
+    decoder = make_decoder(templates=templates)
+    decoder.cost_embed = torch.nn.Conv2d(templates, 160, kernel_size=7, padding=3)  # 49 or 147 patch columns
+    cost = torch.randn(2, 5, templates, GRID, GRID)
+    expected = decoder.cost_embed(cost.flatten(0, 1)).unflatten(0, (2, 5)).permute(0, 1, 3, 4, 2)
+    assert torch.allclose(decoder.embed_cost(cost), expected, atol=1e-5)
+
+
 # ---- upsampling ---------------------------------------------------------------------------------
 
 

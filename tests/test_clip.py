@@ -1,3 +1,4 @@
+import itertools
 import time
 
 import open_clip
@@ -5,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovss_cli.clip.dense import DenseCLIP, resize_pos_embed
+from ovss_cli.clip.dense import DenseCLIP, prompt_runs, resize_pos_embed
 from ovss_cli.clip.prompts import build_prompts, first_synonym, resolve_templates
 from ovss_cli.clip.text import TextEncoder
 from ovss_cli.clip.zoo import create_clip
@@ -40,6 +41,50 @@ def test_truncated_text_encoding_equals_open_clip(tiny):
     tokens = open_clip.get_tokenizer("ovss-tiny")(["a cat", "grass", "a photo of the sky above a very long road"])
     with torch.no_grad():
         assert torch.allclose(dense.encode_text(tokens), tiny.encode_text(tokens), atol=1e-5)
+
+
+def tokens_of_lengths(lengths: list[int]) -> torch.Tensor:
+    """Token rows whose end token (the largest id) sits at position length - 1."""
+    tokens = torch.zeros(len(lengths), 77, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        tokens[row, : length - 1] = torch.arange(1, length)
+        tokens[row, length - 1] = 49407
+    return tokens
+
+
+def fewest_padded_tokens(lengths: list[int], runs: int) -> int:
+    """Brute force over every way to cut the sorted lengths into at most `runs` contiguous groups."""
+    ordered = sorted(lengths)
+    best = None
+    for count in range(1, runs + 1):
+        for cuts in itertools.combinations(range(1, len(ordered)), count - 1):
+            bounds = [0, *cuts, len(ordered)]
+            tokens = sum(max(ordered[a:b]) * (b - a) for a, b in zip(bounds, bounds[1:]))
+            best = tokens if best is None else min(best, tokens)
+    return best
+
+
+def test_prompt_runs_cover_the_sorted_prompts_with_the_fewest_padded_tokens():
+    lengths = [9, 5, 12, 5, 20, 7, 9, 6, 9, 5]  # six distinct lengths for at most four runs
+    runs = prompt_runs(tokens_of_lengths(lengths))
+    ordered = sorted(lengths)
+    assert [start for start, _, _ in runs] == [0] + [stop for _, stop, _ in runs[:-1]] and runs[-1][1] == len(lengths)
+    assert all(length == max(ordered[start:stop]) for start, stop, length in runs)
+    assert sum(length * (stop - start) for start, stop, length in runs) == fewest_padded_tokens(lengths, 4)
+    coco = [10] * 122 + [11] * 18 + [12] * 31  # COCO-Stuff's 171 prompts in "A photo of a {} in the scene"
+    assert prompt_runs(tokens_of_lengths(coco)) == [(0, 122, 10), (122, 140, 11), (140, 171, 12)]
+    assert prompt_runs(tokens_of_lengths([4, 4, 4, 4, 4]), chunk=2) == [(0, 2, 4), (2, 4, 4), (4, 5, 4)]
+
+
+def test_class_embeddings_in_length_runs_equal_open_clip_in_the_original_order(tiny):
+    dense = DenseCLIP(tiny, 64)
+    prompts = ["a photo of the sky above a very long road", "grass", "a cat", "the sea", "a red car on a bridge",
+               "snow"]
+    tokens = open_clip.get_tokenizer("ovss-tiny")(prompts)
+    with torch.no_grad():
+        ours = dense.class_text_embeddings(tokens, num_classes=3)  # 3 classes x 2 templates, class-major
+        reference = tiny.encode_text(tokens).view(3, 2, -1)
+    assert len(prompt_runs(tokens)) > 1 and torch.allclose(ours, reference, atol=1e-5)
 
 
 def test_dense_last_block_is_value_path_plus_cls(tiny):

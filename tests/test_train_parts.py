@@ -188,19 +188,19 @@ def test_compiled_step_gives_the_eager_losses():
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
-def test_training_text_reads_no_prompt_length_from_the_device(monkeypatch):
-    """The trained text encoder's sequence length is read once from the host tokens, not every step (a sync on GPU)."""
+def test_training_text_reads_no_prompt_lengths_from_the_device(monkeypatch):
+    """The trained text encoder's length runs are read once from the host tokens, not every step (a sync on GPU)."""
     from ovss_cli.clip import dense as dense_module
     from ovss_cli.methods.registry import build_model
     from ovss_cli.recipes import load_recipe
 
     model = build_model(load_recipe(QUICKSTART, ["finetune.mode=attention"]), pretrained=False)
     assert model.text_trainable
-    full = model.dense.class_text_embeddings(model.train_tokens, len(model.train_classes))  # measures the length
-    assert model.train_text_length == int(model.train_tokens.argmax(dim=-1).max()) + 1
+    full = model.dense.class_text_embeddings(model.train_tokens, len(model.train_classes))  # measures the runs
+    assert model.train_text_runs == dense_module.prompt_runs(model.train_tokens)
 
     def no_device_read(token_ids):
-        raise AssertionError("the training step measured the prompt length")
+        raise AssertionError("the training step measured the prompt lengths")
 
-    monkeypatch.setattr(dense_module, "prompt_length", no_device_read)
+    monkeypatch.setattr(dense_module, "prompt_runs", no_device_read)
     assert torch.equal(model._training_text(), full)

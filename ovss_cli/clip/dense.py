@@ -36,9 +36,37 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], old_grid: t
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
-def prompt_length(token_ids: torch.Tensor) -> int:
-    """Tokens up to and including the longest prompt's end token (the largest id, as in open_clip's pooling)."""
-    return int(token_ids.argmax(dim=-1).max()) + 1
+MAX_PROMPT_RUNS = 4  # length groups per text-encoder call: fewer padded tokens, still large matrix products
+
+
+def prompt_runs(token_ids: torch.Tensor, chunk: int = 1024) -> list[tuple[int, int, int]]:
+    """(start, stop, length) runs over the prompts sorted by length: each run goes through the text
+    transformer only up to its own longest end token (open_clip pools at the largest token id).
+    At most MAX_PROMPT_RUNS lengths, chosen to pad the fewest tokens; runs hold at most `chunk` prompts."""
+    lengths = sorted((token_ids.argmax(dim=-1) + 1).tolist())
+    values = sorted(set(lengths))
+    counts = [lengths.count(v) for v in values]
+    # best[k][j]: fewest tokens for the first j lengths in k runs; cut[k][j]: where the last run starts
+    best = [[0] + [float("inf")] * len(values) for _ in range(MAX_PROMPT_RUNS + 1)]
+    cut = [[0] * (len(values) + 1) for _ in range(MAX_PROMPT_RUNS + 1)]
+    for k in range(1, MAX_PROMPT_RUNS + 1):
+        for j in range(1, len(values) + 1):
+            for i in range(j):
+                tokens = best[k - 1][i] + values[j - 1] * sum(counts[i:j])
+                if tokens < best[k][j]:
+                    best[k][j], cut[k][j] = tokens, i
+    bounds, j = [], len(values)
+    for k in range(MAX_PROMPT_RUNS, 0, -1):
+        if j == 0:
+            break
+        bounds.append((cut[k][j], j))
+        j = cut[k][j]
+    runs, start = [], 0
+    for first, last in reversed(bounds):
+        stop = start + sum(counts[first:last])
+        runs += [(i, min(i + chunk, stop), values[last - 1]) for i in range(start, stop, chunk)]
+        start = stop
+    return runs
 
 
 class DenseCLIP(nn.Module):
@@ -130,15 +158,14 @@ class DenseCLIP(nn.Module):
 
     # ----------------------------------------------------------------- text side
     def encode_text(self, token_ids: torch.Tensor, length: int | None = None) -> torch.Tensor:
-        """open_clip's encode_text, run only up to the longest prompt's end token.
+        """open_clip's encode_text, run only up to the longest prompt's end token (or `length` tokens).
 
         The text transformer is causal and pools at the end token, so positions after the
         longest prompt cannot influence any output: the result equals the full-length one.
-        `length` (`prompt_length(token_ids)`) spares a read from the device when the caller knows it.
         """
         clip = self.clip
         eot = token_ids.argmax(dim=-1)
-        length = prompt_length(token_ids) if length is None else length
+        length = int(eot.max()) + 1 if length is None else length
         x = clip.token_embedding(token_ids[:, :length])
         x = x + clip.positional_embedding[:length].to(x.dtype)
         mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
@@ -148,9 +175,13 @@ class DenseCLIP(nn.Module):
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]
         return pooled @ clip.text_projection
 
-    def class_text_embeddings(self, token_ids: torch.Tensor, num_classes: int, chunk: int = 1024,
-                              length: int | None = None) -> torch.Tensor:
-        """Encode class-major prompts [T*P, ctx] into [T, P, C] (not normalised); `length` as in `encode_text`."""
-        outputs = [self.encode_text(token_ids[i : i + chunk], length) for i in range(0, token_ids.shape[0], chunk)]
-        embeddings = torch.cat(outputs, dim=0)
+    def class_text_embeddings(self, token_ids: torch.Tensor, num_classes: int,
+                              runs: list[tuple[int, int, int]] | None = None) -> torch.Tensor:
+        """Encode class-major prompts [T*P, ctx] into [T, P, C] (not normalised), in runs of similar length.
+        `runs` (`prompt_runs(token_ids)`, read on the host once per prompt set) spares reading it from the device."""
+        runs = prompt_runs(token_ids) if runs is None else runs
+        order = torch.argsort(token_ids.argmax(dim=-1), stable=True)  # on the device: the runs index this order
+        ordered = token_ids.index_select(0, order)
+        encoded = torch.cat([self.encode_text(ordered[start:stop], length) for start, stop, length in runs])
+        embeddings = encoded.index_select(0, torch.argsort(order))
         return embeddings.reshape(num_classes, -1, embeddings.shape[-1])

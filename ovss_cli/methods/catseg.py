@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ovss_cli.clip.config import build_dense_clip
-from ovss_cli.clip.dense import DenseCLIP, prompt_length
+from ovss_cli.clip.dense import DenseCLIP, prompt_runs
 from ovss_cli.clip.text import TextEncoder
 from ovss_cli.data.train_set import train_vocabulary
 from ovss_cli.decoder.catseg import CATSegDecoder
@@ -51,7 +51,7 @@ class CATSegModel(nn.Module):
         self.window = int(window)
         self.train_classes = list(train_classes)
         self.register_buffer("train_tokens", text.tokens(self.train_classes), persistent=False)
-        self.train_text_length = prompt_length(self.train_tokens)  # read here, on the host, not every step
+        self.train_text_runs = prompt_runs(self.train_tokens)  # read here, on the host, not every step
         self.text_trainable = any(p.requires_grad for name, p in dense.clip.named_parameters()
                                   if not name.startswith("visual."))
         self._frozen_train_text: torch.Tensor | None = None
@@ -72,8 +72,7 @@ class CATSegModel(nn.Module):
 
     def _training_text(self) -> torch.Tensor:
         if self.text_trainable:
-            return self.dense.class_text_embeddings(self.train_tokens, len(self.train_classes),
-                                                    length=self.train_text_length)
+            return self.dense.class_text_embeddings(self.train_tokens, len(self.train_classes), self.train_text_runs)
         if self._frozen_train_text is None or self._frozen_train_text.device != self.train_tokens.device:
             with torch.no_grad():
                 self._frozen_train_text = self.dense.class_text_embeddings(

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ovss_cli.config import from_dict
-from ovss_cli.decoder.catseg import DROPPED_CLASS_LOGIT, CATSegDecoder
+from ovss_cli.decoder.catseg import DROPPED_CLASS_LOGIT, CATSegDecoder, CostEmbedding
 from ovss_cli.decoder.class_attention import ClassAggregation, linear_attention
 from ovss_cli.decoder.config import DecoderConfig
 from ovss_cli.decoder.swin import (
@@ -268,11 +268,10 @@ def test_more_classes_than_pad_len_keeps_top_classes_by_max_similarity():
 
 @pytest.mark.parametrize("templates", [1, 3])
 def test_cost_embedding_by_unfolded_patches_equals_the_7x7_conv(templates):
-    decoder = make_decoder(templates=templates)
-    decoder.cost_embed = torch.nn.Conv2d(templates, 160, kernel_size=7, padding=3)  # 49 or 147 patch columns
+    embed = CostEmbedding(templates, 160)  # one template unfolds to 49 patch columns, three to 147
     cost = torch.randn(2, 5, templates, GRID, GRID)
-    expected = decoder.cost_embed(cost.flatten(0, 1)).unflatten(0, (2, 5)).permute(0, 1, 3, 4, 2)
-    assert torch.allclose(decoder.embed_cost(cost), expected, atol=1e-5)
+    expected = F.conv2d(cost.flatten(0, 1), embed.weight, embed.bias, padding=3)
+    assert torch.allclose(embed(cost), expected.unflatten(0, (2, 5)).permute(0, 1, 3, 4, 2), atol=1e-5)
 
 
 # ---- upsampling ---------------------------------------------------------------------------------

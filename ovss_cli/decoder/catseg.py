@@ -15,6 +15,26 @@ from ovss_cli.decoder.upsample import GuidedUpsampler
 DROPPED_CLASS_LOGIT = -100.0  # logit of classes cut by the pad_len rule (official value)
 
 
+class CostEmbedding(nn.Conv2d):
+    """CAT-Seg's 7x7 conv from the P template channels of the cost volume: [B, T, P, h, w] -> [B, T, h, w, hidden].
+
+    With one template the conv has a single input channel, which convolution kernels run at a
+    fraction of the matmul rate; when the unfolded 7x7 patches are no wider than the output they
+    cost no more memory, and one matrix product over them gives the same values twice as fast.
+    """
+
+    def __init__(self, templates: int, hidden: int) -> None:
+        super().__init__(templates, hidden, kernel_size=7, padding=3)
+
+    def forward(self, cost: torch.Tensor) -> torch.Tensor:
+        b, t, p, h, w = cost.shape
+        size = self.kernel_size[0]
+        if p * size * size > self.out_channels:
+            return super().forward(cost.flatten(0, 1)).unflatten(0, (b, t)).permute(0, 1, 3, 4, 2)
+        patches = F.unfold(cost.flatten(0, 1), size, padding=size // 2).transpose(1, 2)  # [B*T, h*w, P*7*7]
+        return F.linear(patches, self.weight.flatten(1), self.bias).view(b, t, h, w, -1)
+
+
 class CATSegDecoder(nn.Module):
     """Cost-aggregation decoder on top of dense CLIP features.
 
@@ -32,7 +52,7 @@ class CATSegDecoder(nn.Module):
         # without gradients (inference), spatial aggregation and upsampling run over this many classes at a time:
         # they treat each class alone, so this bounds memory at 847 classes x all sliding-window views (0 = all)
         self.inference_class_chunk = 64
-        self.cost_embed = nn.Conv2d(num_templates, cfg.hidden_dim, kernel_size=7, padding=3)
+        self.cost_embed = CostEmbedding(num_templates, cfg.hidden_dim)
         self.appearance_guidance = nn.Sequential(
             nn.Conv2d(embed_dim, cfg.appearance_guidance_dim, kernel_size=3, padding=1), nn.ReLU()
         )
@@ -49,20 +69,6 @@ class CATSegDecoder(nn.Module):
             image = F.normalize(at_least_fp32(image_tokens), dim=1)
             text = F.normalize(at_least_fp32(text_embeddings), dim=-1)
             return torch.einsum("bchw,btpc->btphw", image, text)
-
-    def embed_cost(self, cost: torch.Tensor) -> torch.Tensor:
-        """`cost_embed` (7x7 conv from the P template channels) of [B, T, P, h, w] -> [B, T, h, w, hidden].
-
-        With one template the conv has a single input channel, which convolution kernels run at a
-        fraction of the matmul rate; when the unfolded 7x7 patches are no wider than the output they
-        cost no more memory, and one matrix product over them gives the same values twice as fast.
-        """
-        b, t, p, h, w = cost.shape
-        size = self.cost_embed.kernel_size[0]
-        if p * size * size > self.cost_embed.out_channels:
-            return self.cost_embed(cost.flatten(0, 1)).unflatten(0, (b, t)).permute(0, 1, 3, 4, 2)
-        patches = F.unfold(cost.flatten(0, 1), size, padding=size // 2).transpose(1, 2)  # [B*T, h*w, P*7*7]
-        return F.linear(patches, self.cost_embed.weight.flatten(1), self.cost_embed.bias).view(b, t, h, w, -1)
 
     def output_grid(self, h: int, w: int) -> tuple[int, int]:
         scale = 2 ** len(self.upsampler.stages)
@@ -103,7 +109,7 @@ class CATSegDecoder(nn.Module):
         # templates averaged on the sphere, as the official text guidance
         text_guidance = self.text_guidance(F.normalize(text.mean(dim=2), dim=-1))
         appearance = self.appearance_guidance(image_tokens).permute(0, 2, 3, 1)
-        x = self.embed_cost(cost)
+        x = self.cost_embed(cost)
 
         chunk = t if torch.is_grad_enabled() or not self.inference_class_chunk else self.inference_class_chunk
         for layer in self.layers:

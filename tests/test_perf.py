@@ -14,7 +14,8 @@ from torch import nn
 from ovss_cli.clip.zoo import create_clip
 from ovss_cli.perf.flops import REST, count_part_flops
 from ovss_cli.perf.peak import measured_matmul_flops
-from ovss_cli.runtime.threads import configure_threads, threads_per_rank
+from ovss_cli.runtime import threads as thread_module
+from ovss_cli.runtime.threads import busy_cores_now, configure_threads, read_cpu_times, threads_per_rank
 
 
 def test_tiny_clip_image_encoder_forward_flops_equal_a_hand_count():
@@ -72,6 +73,7 @@ def test_threads_are_the_cores_shared_among_local_ranks(monkeypatch):
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
         monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 0.0, 0.0))  # two cores busy elsewhere
+        monkeypatch.setattr(thread_module, "busy_cores_now", lambda cores: 0.4)
         monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
         line = configure_threads()
         assert torch.get_num_threads() == 2 and "6 of 8 cores idle / 3 local processes" in line
@@ -83,6 +85,35 @@ def test_threads_are_the_cores_shared_among_local_ranks(monkeypatch):
         assert "OMP_NUM_THREADS=1" in configure_threads() and torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_job_started_seconds_ago_counts_as_busy_before_the_load_average_shows_it(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.1, 0.0))  # rounds to an idle machine
+        monkeypatch.setattr(thread_module, "busy_cores_now", lambda cores: 0.9)  # but one core is busy now
+        assert "1 of 2 cores idle" in configure_threads() and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_busy_cores_come_from_the_affine_cores_lines_of_proc_stat(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    #                 user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  60 0 20 200 20 0 0 0 0 0\n"
+                    "cpu0 40 0 10 40 10 0 0 0 0 0\n"  # busy 50 of 100
+                    "cpu1 20 0 10 160 10 0 0 0 0 0\n"  # busy 30 of 200
+                    "intr 12345 0 0\n\nctxt 99\n")
+    assert read_cpu_times({0, 1}, str(stat)) == (80, 300)
+    assert read_cpu_times({1}, str(stat)) == (30, 200)
+    assert read_cpu_times({0}, str(tmp_path / "missing")) == (0, 0)
+    samples = iter([(100, 400), (250, 600)])  # 150 busy of 200 ticks over 2 cores
+    monkeypatch.setattr(thread_module, "read_cpu_times", lambda cores: next(samples))
+    monkeypatch.setattr(thread_module.time, "sleep", lambda seconds: None)
+    assert busy_cores_now({0, 1}) == 1.5
 
 
 FAULTS_OF_REPEATED_STEPS = """

@@ -19,7 +19,14 @@ from ovss_cli.recipes import load_recipe
 
 def _device(option: str, parsed) -> str:
     """--device, else the recipe's train.device when the option is left at auto."""
-    return common.resolve_device(option if option != "auto" or parsed.train.device == "auto" else parsed.train.device)
+    return _process_for(option if option != "auto" or parsed.train.device == "auto" else parsed.train.device)
+
+
+def _process_for(option: str) -> str:
+    """The device, with this process set up as `ovss train` and `ovss evaluate` set theirs up."""
+    from ovss_cli.runtime.distributed import init_distributed
+
+    return init_distributed(common.resolve_device(option)).device
 
 
 def benchmark_train(
@@ -80,4 +87,4 @@ def benchmark_pseudolabel(
     """
     from ovss_cli.perf import bench
 
-    bench.pseudolabel_report(images, batch, classes, clip_model, common.resolve_device(device))
+    bench.pseudolabel_report(images, batch, classes, clip_model, _process_for(device))

@@ -87,16 +87,11 @@ def build_segmenter(checkpoint: Optional[Path], clip_model: Optional[str], pretr
 
 
 def resolve_device(device: str) -> str:
-    """The compute device an option names; a process that computes on the CPU also keeps its freed memory."""
     import torch
 
     check_device_and_precision(device)
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA device is visible; use --device cpu")
-    if device == "cpu":
-        from ovss_cli.runtime.host_memory import reuse_freed_host_memory
-
-        reuse_freed_host_memory()
     return device

@@ -64,12 +64,9 @@ def train(
     if relaunch_if_needed(gpus, nnodes, node_rank, master_addr, master_port, nproc):
         return
     dist = init_distributed(device)
-    from ovss_cli.runtime.host_memory import reuse_freed_host_memory
     from ovss_cli.runtime.threads import configure_threads
 
     threads = configure_threads()
-    if dist.device == "cpu":
-        reuse_freed_host_memory()
     if dist.is_main:
         typer.echo(threads, err=True)
     try:

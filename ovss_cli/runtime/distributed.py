@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from ovss_cli.errors import OvssError, UsageError
+from ovss_cli.runtime.host_memory import reuse_freed_host_memory
 from ovss_cli.textutil import first_line
 
 # The argv of the running `ovss` invocation when given to ovss_cli.cli.main; children get the same command.
@@ -118,12 +119,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group torchrun set up (if any) and pick this rank's device.
 
     `device`: auto (CUDA when available), cpu, cuda or cuda:N (N is honoured by a single process;
-    several processes take cuda:<local rank>).
+    several processes take cuda:<local rank>). A process that computes on the CPU keeps its freed
+    memory for the next step (`host_memory`).
     """
     import torch
     import torch.distributed as dist
 
     use_cuda = device != "cpu" and torch.cuda.is_available()
+    if not use_cuda:  # training, evaluation and pseudo-labels repeat one shape of work: keep its memory
+        reuse_freed_host_memory()
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return DistInfo(device=(device if device.startswith("cuda:") else "cuda") if use_cuda else "cpu")
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])

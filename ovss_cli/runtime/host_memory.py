@@ -6,8 +6,9 @@ gigabytes of activations, so every step paid a page fault and the kernel's zeroi
 page: 4.5 million faults per CAT-Seg aggregation pass at batch 2, about a quarter of the step's
 CPU time. Serving those blocks from the heap and never trimming it keeps them for the next step,
 as a GPU's caching allocator does. The heap settles after two or three steps; the cost is a
-higher resident peak (CAT-Seg ViT-B/16 at batch 2: 17.5 GB instead of 14.8 GB), held until the
-process ends.
+higher resident peak, held until the process ends (CAT-Seg ViT-B/16 training at batch 2: 17.5 GB
+instead of 14.8 GB). `init_distributed` turns it on for CPU training, evaluation, pseudo-labels
+and the benchmarks, which repeat one shape of work; `ovss predict` on a few images does not.
 """
 
 from __future__ import annotations

@@ -174,3 +174,39 @@ def test_local_weights_file_loads(tiny, tmp_path):
     tokens = open_clip.get_tokenizer("ovss-tiny")(["a cat"])
     with torch.no_grad():
         assert torch.equal(loaded.encode_text(tokens), tiny.encode_text(tokens))
+
+
+@pytest.mark.parametrize("mode", ["adapter", "lora", "hclip"])
+def test_text_encoding_with_fine_tuning_attached_equals_open_clip(mode):
+    """The last text block runs at the end tokens only; adapters (hooks) and parametrised weights still act."""
+    from ovss_cli.peft import apply_finetune
+    from ovss_cli.peft.config import FinetuneConfig
+
+    model = create_clip("ovss-tiny").eval()
+    options = {"block_size": 16} if mode == "hclip" else {}
+    handle = apply_finetune(model, FinetuneConfig(mode=mode, **options))
+    tokens = open_clip.get_tokenizer("ovss-tiny")(["a cat", "grass", "a photo of the sky above a very long road"])
+    with torch.no_grad():
+        untrained = model.encode_text(tokens)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))  # away from the identity they start at
+        handle.refresh()
+        dense = DenseCLIP(model, 64)
+        with handle.scope():
+            ours, reference = dense.encode_text(tokens), model.encode_text(tokens)
+    assert (reference - untrained).abs().max() > 1e-3  # the fine-tuning acts
+    assert (ours - reference).abs().max() < 1e-5
+
+
+def test_text_encoding_gradients_equal_open_clip_in_float64():
+    model = create_clip("ovss-tiny").double()
+    dense = DenseCLIP(model, 64)
+    tokens = open_clip.get_tokenizer("ovss-tiny")(["a cat", "grass", "a photo of the sky above a very long road"])
+    weights = torch.randn(3, model.text_projection.shape[1], dtype=torch.float64)
+    grads = []
+    for encode in (dense.encode_text, model.encode_text):
+        model.zero_grad()
+        (encode(tokens) * weights).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.transformer.parameters()]))
+    assert (grads[0] - grads[1]).abs().max() < 1e-10

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from ovss_cli.clip.zoo import image_norm, uses_quick_gelu
@@ -169,11 +170,34 @@ class DenseCLIP(nn.Module):
         x = clip.token_embedding(token_ids[:, :length])
         x = x + clip.positional_embedding[:length].to(x.dtype)
         mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
-        for block in clip.transformer.resblocks:
+        *blocks, last = clip.transformer.resblocks
+        for block in blocks:
             x = block(x, attn_mask=mask)
-        x = clip.ln_final(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
-        return pooled @ clip.text_projection
+        if isinstance(last, ResidualAttentionBlock) and isinstance(last.attn, nn.MultiheadAttention):
+            pooled = self._pooled_last_block(last, x, eot, mask)
+        else:
+            pooled = last(x, attn_mask=mask)[torch.arange(x.shape[0], device=x.device), eot]
+        return clip.ln_final(pooled) @ clip.text_projection
+
+    @staticmethod
+    def _pooled_last_block(block: nn.Module, x: torch.Tensor, eot: torch.Tensor,
+                           mask: torch.Tensor | None) -> torch.Tensor:
+        """The last text block at the end tokens only, the one output per prompt CLIP pools: [N, L, D] -> [N, D].
+
+        Keys and values still come from every token; the query, residuals and MLP are computed for one
+        token per prompt instead of L. block.attn and block.mlp are called, so adapters and
+        parametrised weights stay in effect.
+        """
+        rows = torch.arange(x.shape[0], device=x.device)
+        normed = block.ln_1(x)
+        query = normed[rows, eot][:, None]
+        row_mask = None
+        if mask is not None:  # each end token's row of the causal mask, repeated per head
+            heads = block.attn.num_heads
+            row_mask = mask[eot][:, None, None].expand(-1, heads, -1, -1).flatten(0, 1).to(x.dtype)
+        attended = block.attn(query, normed, normed, need_weights=False, attn_mask=row_mask)[0][:, 0]
+        h = x[rows, eot] + block.ls_1(attended)
+        return h + block.ls_2(block.mlp(block.ln_2(h)))
 
     def class_text_embeddings(self, token_ids: torch.Tensor, num_classes: int,
                               runs: list[tuple[int, int, int]] | None = None) -> torch.Tensor:

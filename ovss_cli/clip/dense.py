@@ -7,6 +7,7 @@ and the weights stay loadable by plain open_clip.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -46,14 +47,14 @@ def prompt_runs(token_ids: torch.Tensor, chunk: int = 1024) -> list[tuple[int, i
     At most MAX_PROMPT_RUNS lengths, chosen to pad the fewest tokens; runs hold at most `chunk` prompts."""
     lengths = sorted((token_ids.argmax(dim=-1) + 1).tolist())
     values = sorted(set(lengths))
-    counts = [lengths.count(v) for v in values]
+    below = [bisect.bisect_left(lengths, v) for v in values] + [len(lengths)]  # prompts shorter than each value
     # best[k][j]: fewest tokens for the first j lengths in k runs; cut[k][j]: where the last run starts
     best = [[0] + [float("inf")] * len(values) for _ in range(MAX_PROMPT_RUNS + 1)]
     cut = [[0] * (len(values) + 1) for _ in range(MAX_PROMPT_RUNS + 1)]
     for k in range(1, MAX_PROMPT_RUNS + 1):
         for j in range(1, len(values) + 1):
             for i in range(j):
-                tokens = best[k - 1][i] + values[j - 1] * sum(counts[i:j])
+                tokens = best[k - 1][i] + values[j - 1] * (below[j] - below[i])
                 if tokens < best[k][j]:
                     best[k][j], cut[k][j] = tokens, i
     bounds, j = [], len(values)
@@ -62,11 +63,10 @@ def prompt_runs(token_ids: torch.Tensor, chunk: int = 1024) -> list[tuple[int, i
             break
         bounds.append((cut[k][j], j))
         j = cut[k][j]
-    runs, start = [], 0
+    runs = []
     for first, last in reversed(bounds):
-        stop = start + sum(counts[first:last])
+        start, stop = below[first], below[last]
         runs += [(i, min(i + chunk, stop), values[last - 1]) for i in range(start, stop, chunk)]
-        start = stop
     return runs
 
 

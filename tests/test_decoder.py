@@ -21,6 +21,7 @@ from ovss_cli.decoder.swin import (
     window_partition,
     window_reverse,
 )
+from ovss_cli.decoder.logit_head import LogitHead
 from ovss_cli.decoder.upsample import GuidedUpStage, composition_taps
 from ovss_cli.errors import UsageError
 from ovss_cli.losses.segmentation import segmentation_bce_loss
@@ -313,6 +314,28 @@ def test_composition_taps_send_each_sub_pixel_and_tap_to_one_kernel_tap():
     # the outer taps of the 4x4 kernel come from one (dy, p) pair, the inner two from two pairs each
     assert taps.sum(dim=(1, 2)).tolist() == [1, 2, 2, 1]
     assert taps[0, 2, 0] == 1 and taps[3, 0, 1] == 1
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_logit_head_by_taps_equals_the_library_conv_in_float64(memory_format):
+    torch.manual_seed(0)
+    head = LogitHead(6).double()
+    x = torch.randn(4, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
+    weight = torch.randn(4, 1, 5, 7, dtype=torch.float64)  # a non-uniform gradient reaches every tap
+    results = []
+    for forward in (head, lambda a: F.conv2d(a, head.weight, head.bias, padding=1)):
+        out = forward(x)
+        results.append((out, *torch.autograd.grad((out * weight).sum(), (x, head.weight, head.bias))))
+    assert results[0][0].shape == (4, 1, 5, 7)
+    for taps, conv in zip(*results):
+        assert torch.allclose(taps, conv, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is what the ONNX exporter uses
+def test_logit_head_stays_one_conv_node_when_traced():
+    head = LogitHead(4)
+    graph = torch.jit.trace(head, torch.randn(1, 4, 6, 6)).inlined_graph
+    assert "aten::_convolution" in str(graph) and "PythonOp" not in str(graph)
 
 
 # ---- shapes, gradients, checkpointing ---------------------------------------------------------

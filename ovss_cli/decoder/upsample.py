@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovss_cli.decoder.logit_head import LogitHead
+
 
 def composition_taps(device=None) -> torch.Tensor:
     """0/1 tensor [k, dy, p]: tap dy of a 3x3 conv (padding 1) on a 2x2 stride-2 upsampled map reads
@@ -106,7 +108,7 @@ class GuidedUpsampler(nn.Module):
         self.stages = nn.ModuleList(
             [GuidedUpStage(w, out, proj) for w, out, proj in zip(widths, decoder_dims, guidance_proj_dims)]
         )
-        self.head = nn.Conv2d(decoder_dims[-1], 1, kernel_size=3, padding=1)
+        self.head = LogitHead(decoder_dims[-1])
 
     def forward(self, x: torch.Tensor, clip_blocks: list[torch.Tensor]) -> torch.Tensor:
         """x: [B*T, hidden, h, w]; clip_blocks: [B, vision_width, h, w] each -> [B*T, 1, h*2^n, w*2^n]."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ovss_cli.config import from_dict
 from ovss_cli.decoder.catseg import DROPPED_CLASS_LOGIT, CATSegDecoder, CostEmbedding
-from ovss_cli.decoder.class_attention import ClassAggregation, linear_attention
+from ovss_cli.decoder.class_attention import ClassAggregation, elu_feature_map, linear_attention
 from ovss_cli.decoder.config import DecoderConfig
 from ovss_cli.decoder.swin import (
     GuidedSwinBlock,
@@ -24,7 +24,7 @@ from ovss_cli.decoder.swin import (
 from ovss_cli.decoder.logit_head import LogitHead
 from ovss_cli.decoder.upsample import GuidedUpStage, composition_taps
 from ovss_cli.errors import UsageError
-from ovss_cli.losses.segmentation import segmentation_bce_loss
+from ovss_cli.losses.segmentation import segmentation_bce_loss, softplus
 
 EMBED, WIDTH, GRID = 32, 64, 8
 
@@ -224,6 +224,22 @@ def explicit_class_layer(layer: ClassAggregation, x: torch.Tensor, text: torch.T
     return x + grid.reshape(b, t, c, h, w).permute(0, 1, 3, 4, 2)
 
 
+def test_elu_feature_map_equals_elu_plus_one_with_its_gradient_in_float64():
+    x = torch.cat([torch.linspace(-30, 30, 1001, dtype=torch.float64), torch.tensor([0.0, -1e-300, 1e-300],
+                                                                                   dtype=torch.float64)])
+    x.requires_grad_()
+    weight = torch.linspace(-1, 1, x.numel(), dtype=torch.float64)
+    ours = elu_feature_map(x)
+    values = x.detach().numpy()
+    exact = np.where(values > 0, values + 1, np.exp(np.minimum(values, 0)))
+    assert np.allclose(ours.detach().numpy(), exact, rtol=1e-15, atol=0)
+    reference = F.elu(x) + 1  # expm1(x) + 1 cancels to absolute, not relative, precision far below zero
+    assert torch.allclose(ours, reference, rtol=0, atol=1e-15)
+    (grad,) = torch.autograd.grad((ours * weight).sum(), x)
+    (expected,) = torch.autograd.grad((reference * weight).sum(), x)
+    assert torch.allclose(grad, expected, rtol=1e-14, atol=0)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_class_aggregation_matches_explicit_padded_reference(training):
     torch.manual_seed(0)
@@ -415,6 +431,34 @@ def test_bce_loss_upsamples_logits_bilinearly_to_the_label_size():
     upsampled = F.interpolate(logits, size=(6, 6), mode="bilinear", align_corners=False)
     expected = numpy_bce(upsampled.double().numpy(), labels.numpy(), 7, True)
     assert segmentation_bce_loss(logits, labels, ignore_index=7).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("mask_ignore", [True, False])
+def test_bce_loss_gradient_equals_autograd_of_the_one_hot_bce_in_float64(mask_ignore):
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    labels = torch.randint(0, 4, (2, 6, 10), generator=g)
+    labels[1, :2] = 255
+    loss = segmentation_bce_loss(logits, labels, ignore_index=255, mask_ignore=mask_ignore)
+    (grad,) = torch.autograd.grad(loss, logits)
+
+    upsampled = F.interpolate(logits, size=(6, 10), mode="bilinear", align_corners=False)
+    valid = labels != 255
+    target = F.one_hot(labels.masked_fill(~valid, 0), 4).permute(0, 3, 1, 2).double() * valid[:, None]
+    per_element = F.binary_cross_entropy_with_logits(upsampled, target, reduction="none")
+    reference = per_element[valid[:, None].expand_as(per_element)].mean() if mask_ignore else per_element.mean()
+    (expected,) = torch.autograd.grad(reference, logits)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-12)
+    assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-15)
+
+
+def test_softplus_is_within_a_few_float32_ulps_of_the_float64_value():
+    # down to -80: below about -87 the value itself leaves float32's normal range (torch's softplus too)
+    x = torch.cat([torch.linspace(-80, 110, 200_001), torch.tensor([0.0, 1e-30, -1e-30, 1e-7, -1e-7, 17.0, -17.0])])
+    exact = F.softplus(x.double(), threshold=1000)
+    relative = (softplus(x).double() - exact).abs() / exact.clamp(min=1e-300)
+    assert relative.max() < 4 * 2.0**-23  # torch's own float32 softplus is within about 1 ulp here
+    assert softplus(torch.tensor([-40.0, 0.0, 200.0])).tolist() == pytest.approx([math.exp(-40.0), math.log(2), 200.0], rel=1e-6)
 
 
 def test_bce_loss_of_a_batch_with_only_ignore_pixels_is_zero_with_a_gradient():

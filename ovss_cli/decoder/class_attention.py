@@ -19,8 +19,27 @@ from ovss_cli.decoder.guided_linear import guided_linear
 EPS = 1e-6  # denominator guard of the official linear attention
 
 
+class _EluPlusOne(torch.autograd.Function):
+    """elu(x) + 1 as exp(min(x, 0)) + max(x, 0): the same values, from the vectorised exp (CPU's expm1,
+    behind F.elu, runs one element at a time); its derivative, 1 above zero and e^x below, is min(y, 1)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.exp(x.clamp(max=0)).add_(x.clamp(min=0))
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return grad * y.clamp(max=1)
+
+
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
-    return F.elu(x) + 1
+    """The linear attention's feature map elu(x) + 1 (positive, so the normaliser never vanishes)."""
+    if torch.jit.is_tracing():  # a traced export keeps the standard operators
+        return F.elu(x) + 1
+    return _EluPlusOne.apply(x)
 
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:

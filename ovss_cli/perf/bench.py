@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -54,24 +55,44 @@ def _peak_mb(device: str) -> float:
     return peak_memory_mb(torch.device(device))
 
 
+@dataclasses.dataclass
+class Timings:
+    """Wall and process-CPU seconds of each timed call of one kind, and the peak memory over them."""
+
+    wall: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+    peak_mb: float = 0.0
+
+    def median(self, clock: str = "wall") -> float:
+        return statistics.median(getattr(self, clock))
+
+
+def time_in_turns(calls: dict[str, Callable[[], None]], rounds: int, warmup: int, device: str) -> dict[str, Timings]:
+    """Each call `warmup` times, then `rounds` rounds in which every call runs once, in turn.
+
+    A machine's speed drifts by several per cent over minutes (other tenants of its memory bus, clocks);
+    taking turns spreads the drift over both sides of a ratio, where timing one call's repeats and then the
+    other's puts it all on one side.
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    timings = {name: Timings() for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            _synchronize(device)
+            _reset_peak(device)
+            wall, cpu = _wall_and_cpu(call, device)
+            timings[name].wall.append(wall)
+            timings[name].cpu.append(cpu)
+            timings[name].peak_mb = max(timings[name].peak_mb, _peak_mb(device))
+    return timings
+
+
 def time_calls(call: Callable[[], None], repeats: int, warmup: int, device: str) -> tuple[float, float]:
-    """(seconds per call, peak memory MB) of `call`, warm-up calls excluded, device synchronised."""
-    seconds, peak, _ = time_calls_with_cpu(call, repeats, warmup, device)
-    return seconds, peak
-
-
-def time_calls_with_cpu(call: Callable[[], None], repeats: int, warmup: int, device: str) -> tuple[float, float, float]:
-    """As `time_calls`, plus this process's CPU seconds per call: on a shared machine other jobs stretch
-    the wall time of a CPU step but not the CPU time it takes."""
-    for _ in range(warmup):
-        call()
-    _synchronize(device)
-    _reset_peak(device)
-    cpu, start = time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        call()
-    _synchronize(device)
-    return (time.perf_counter() - start) / repeats, _peak_mb(device), (time.process_time() - cpu) / repeats
+    """(median seconds per call, peak memory MB) of `call`, warm-up calls excluded, device synchronised."""
+    timings = time_in_turns({"call": call}, repeats, warmup, device)["call"]
+    return timings.median(), timings.peak_mb
 
 
 def _encoder(recipe, device: str):
@@ -222,16 +243,13 @@ def _pseudolabel_rows(cams, images: list, keys: list, batch: int, config) -> lis
 
 
 def train_step_report(parsed, device: str, steps: int, warmup: int, batch: int | None, profile: Path | None) -> None:
-    """Time the recipe's training step and its image encoder alone; print both, their ratio and the cost model."""
+    """Time the recipe's training step and its image encoder alone, in turns; print both, their ratio and the
+    cost model."""
     precision = resolve_precision(parsed.train.precision, device)
     size = parsed.data.crop_size
     batch = batch or parsed.data.batch_size
     model, step = _training_step(parsed, device, precision, batch)
     counted_step, step_flops = _counted(step, model)
-    *full, step_cpu = time_calls_with_cpu(counted_step, steps, max(warmup, 1), device)
-    if profile is not None:
-        typer.echo(f"operator profile of one step: {_profile(step, profile, 'train_step_ops')}")
-    del model, step, counted_step
     encoder = _encoder(parsed, device)
     clip_size = parsed.clip.image_size
     images = torch.randn(batch, 3, clip_size, clip_size, device=device)
@@ -244,19 +262,24 @@ def train_step_report(parsed, device: str, steps: int, warmup: int, batch: int |
         encoder.zero_grad(set_to_none=True)
 
     encoder_flops = count_part_flops(encoder, encoder_step, {}).total
-    *ceiling, encoder_cpu = time_calls_with_cpu(encoder_step, steps, max(warmup - 1, 0), device)
+    timings = time_in_turns({"step": counted_step, "encoder": encoder_step}, steps, max(warmup, 1), device)
     if profile is not None:
+        typer.echo(f"operator profile of one step: {_profile(step, profile, 'train_step_ops')}")
         typer.echo(f"operator profile of the encoder: {_profile(encoder_step, profile, 'image_encoder_ops')}")
+    step_time, encoder_time = timings["step"], timings["encoder"]
     note = "" if device.startswith("cuda") else " (process RSS)"
-    typer.echo(f"threads: {torch.get_num_threads()} intra-op")
+    typer.echo(f"threads: {torch.get_num_threads()} intra-op; medians of {steps} rounds, the step and the encoder "
+               "in turns")
     _report(f"ovss benchmark train: {parsed.name}, {size}px, {precision}, {device}",
-            [(f"{parsed.method} training step", batch, *full),
-             (f"{parsed.clip.name} image encoder fwd+bwd", batch, *ceiling)], note)
+            [(f"{parsed.method} training step", batch, step_time.median(), step_time.peak_mb),
+             (f"{parsed.clip.name} image encoder fwd+bwd", batch, encoder_time.median(), encoder_time.peak_mb)], note)
     if not device.startswith("cuda"):
-        typer.echo(f"by process CPU time: step {step_cpu:.2f} s, encoder {encoder_cpu:.2f} s, "
-                   f"the step at {100 * encoder_cpu / step_cpu:.1f}% of the encoder-only ceiling "
-                   "(other jobs on this machine do not stretch CPU time)")
-    _report_costs(step_flops["flops"], full[0], encoder_flops, ceiling[0], device, precision)
+        rounds = sorted(e / s for e, s in zip(encoder_time.cpu, step_time.cpu))
+        typer.echo(f"by process CPU time: step {step_time.median('cpu'):.2f} s, encoder {encoder_time.median('cpu'):.2f} s, "
+                   f"the step at {100 * encoder_time.median('cpu') / step_time.median('cpu'):.1f}% of the encoder-only "
+                   f"ceiling (rounds: {100 * rounds[0]:.1f}-{100 * rounds[-1]:.1f}%; other jobs on this machine do not "
+                   "stretch CPU time)")
+    _report_costs(step_flops["flops"], step_time.median(), encoder_flops, encoder_time.median(), device, precision)
 
 
 def inference_report(parsed, names: list[str], bench: str, device: str, images: int, warmup: int, image_size: int,

@@ -43,3 +43,18 @@ def test_cuda_evaluation_matches_cpu(tmp_path):
         assert result.exit_code == 0, result.output
         results[device] = json.loads(out.read_text())["results"]["toy"]["mIoU"]
     assert results["cuda"] == pytest.approx(results["cpu"], abs=0.5)
+
+
+def test_time_in_turns_tells_what_each_call_adds_on_cuda():
+    from ovss_cli.perf.bench import time_in_turns
+
+    held = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")  # 64 MiB another party holds throughout
+
+    def make(mib: int):
+        return lambda: torch.empty(mib * 2**20, dtype=torch.uint8, device="cuda").fill_(1)
+
+    timings = time_in_turns({"small": make(16), "large": make(128)}, rounds=2, warmup=1, device="cuda")
+    assert timings["small"].added_mb == pytest.approx(16, abs=1)
+    assert timings["large"].added_mb == pytest.approx(128, abs=1)
+    assert timings["large"].peak_mb >= 128 + 64
+    del held

@@ -55,13 +55,20 @@ def _peak_mb(device: str) -> float:
     return peak_memory_mb(torch.device(device))
 
 
+def _allocated_mb(device: str) -> float:
+    """Memory held by live tensors now (CUDA); 0 elsewhere (a CPU's peak is the process RSS)."""
+    return torch.cuda.memory_allocated(device) / 2**20 if device.startswith("cuda") else 0.0
+
+
 @dataclasses.dataclass
 class Timings:
-    """Wall and process-CPU seconds of each timed call of one kind, and the peak memory over them."""
+    """Wall and process-CPU seconds of each timed call of one kind, the peak memory over them, and the most
+    that one call added to what was allocated when it started (on CUDA)."""
 
     wall: list[float] = dataclasses.field(default_factory=list)
     cpu: list[float] = dataclasses.field(default_factory=list)
     peak_mb: float = 0.0
+    added_mb: float = 0.0
 
     def median(self, clock: str = "wall") -> float:
         return statistics.median(getattr(self, clock))
@@ -82,10 +89,12 @@ def time_in_turns(calls: dict[str, Callable[[], None]], rounds: int, warmup: int
         for name, call in calls.items():
             _synchronize(device)
             _reset_peak(device)
+            start = _allocated_mb(device)
             wall, cpu = _wall_and_cpu(call, device)
-            timings[name].wall.append(wall)
-            timings[name].cpu.append(cpu)
-            timings[name].peak_mb = max(timings[name].peak_mb, _peak_mb(device))
+            timing, peak = timings[name], _peak_mb(device)
+            timing.wall.append(wall)
+            timing.cpu.append(cpu)
+            timing.peak_mb, timing.added_mb = max(timing.peak_mb, peak), max(timing.added_mb, peak - start)
     return timings
 
 
@@ -267,12 +276,16 @@ def train_step_report(parsed, device: str, steps: int, warmup: int, batch: int |
         typer.echo(f"operator profile of one step: {_profile(step, profile, 'train_step_ops')}")
         typer.echo(f"operator profile of the encoder: {_profile(encoder_step, profile, 'image_encoder_ops')}")
     step_time, encoder_time = timings["step"], timings["encoder"]
-    note = "" if device.startswith("cuda") else " (process RSS)"
+    step_peak, encoder_peak = step_time.peak_mb, encoder_time.peak_mb
+    note = " (process RSS)"
+    if device.startswith("cuda"):  # each row as if it ran alone: between its passes the encoder holds its weights only
+        encoder_weights = sum(p.numel() * p.element_size() for p in encoder.parameters()) / 2**20
+        step_peak, encoder_peak, note = step_peak - encoder_weights, encoder_time.added_mb + encoder_weights, ""
     typer.echo(f"threads: {torch.get_num_threads()} intra-op; medians of {steps} rounds, the step and the encoder "
                "in turns")
     _report(f"ovss benchmark train: {parsed.name}, {size}px, {precision}, {device}",
-            [(f"{parsed.method} training step", batch, step_time.median(), step_time.peak_mb),
-             (f"{parsed.clip.name} image encoder fwd+bwd", batch, encoder_time.median(), encoder_time.peak_mb)], note)
+            [(f"{parsed.method} training step", batch, step_time.median(), step_peak),
+             (f"{parsed.clip.name} image encoder fwd+bwd", batch, encoder_time.median(), encoder_peak)], note)
     if not device.startswith("cuda"):
         rounds = sorted(e / s for e, s in zip(encoder_time.cpu, step_time.cpu))
         typer.echo(f"by process CPU time: step {step_time.median('cpu'):.2f} s, encoder {encoder_time.median('cpu'):.2f} s, "

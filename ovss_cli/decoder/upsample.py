@@ -75,8 +75,9 @@ class GuidedUpStage(nn.Module):
         # sum over classes reads whole contiguous maps (as [B, T, C, H, W] it is a strided reduction, 5x slower)
         shared = self.constant_maps(guidance).to(x.dtype).permute(0, 2, 3, 1)[:, None]
         x = (x.permute(0, 2, 3, 1).unflatten(0, (b, -1)) + shared).flatten(0, 1).permute(0, 3, 1, 2)
-        x = F.relu(self.norm1(x))
-        return F.relu(self.norm2(self.conv2(x)))
+        # in place: GroupNorm's backward needs its input, not its output
+        x = F.relu(self.norm1(x), inplace=True)
+        return F.relu(self.norm2(self.conv2(x)), inplace=True)
 
 
 class GuidedUpsampler(nn.Module):

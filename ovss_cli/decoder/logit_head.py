@@ -16,17 +16,26 @@ from torch import nn
 TAPS = [(dy, dx) for dy in range(3) for dx in range(3)]  # tap k of a 3x3 kernel, row-major
 
 
+def _tap_matrix(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[O, C, 3, 3] -> [9 * O, C], row (tap k, output o)."""
+    return weight.to(dtype).permute(2, 3, 0, 1).reshape(-1, weight.shape[1])
+
+
+def _pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] -> [N * H * W, C], a view when x is channels-last."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
 class _TapConv3x3(torch.autograd.Function):
     """y = conv2d(x, weight, bias, padding=1) for weight [O, C, 3, 3], in x's dtype with autocast off."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
+        n, _, h, w = x.shape
         out = weight.shape[0]
-        taps = weight.to(x.dtype).permute(2, 3, 0, 1).reshape(9 * out, c)
-        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels-last
+        projected = _tap_matrix(weight, x.dtype) @ _pixel_rows(x).t()
         # tap maps [9, O, N, H, W], zero-padded by one pixel: tap (dy, dx) of output (i, j) reads (i + dy, j + dx)
-        tap_maps = F.pad((taps @ pixels.t()).view(9, out, n, h, w), (1, 1, 1, 1))
+        tap_maps = F.pad(projected.view(9, out, n, h, w), (1, 1, 1, 1))
         y = tap_maps[0, :, :, :h, :w] + bias.to(x.dtype).view(out, 1, 1, 1)
         for k, (dy, dx) in enumerate(TAPS[1:], start=1):
             y += tap_maps[k, :, :, dy : dy + h, dx : dx + w]
@@ -43,10 +52,8 @@ class _TapConv3x3(torch.autograd.Function):
         for k, (dy, dx) in enumerate(TAPS):
             grad_taps[k] = padded[:, :, 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
         grad_taps = grad_taps.view(9 * out, n * h * w)
-        taps = weight.to(x.dtype).permute(2, 3, 0, 1).reshape(9 * out, c)
-        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        grad_x = (grad_taps.t() @ taps).view(n, h, w, c).permute(0, 3, 1, 2)
-        grad_weight = (grad_taps @ pixels).view(3, 3, out, c).permute(2, 3, 0, 1)
+        grad_x = (grad_taps.t() @ _tap_matrix(weight, x.dtype)).view(n, h, w, c).permute(0, 3, 1, 2)
+        grad_weight = (grad_taps @ _pixel_rows(x)).view(3, 3, out, c).permute(2, 3, 0, 1)
         return grad_x, grad_weight.to(weight.dtype), grad_y.sum(dim=(0, 2, 3)).to(weight.dtype)
 
 

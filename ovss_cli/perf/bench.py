@@ -84,10 +84,10 @@ def time_in_turns(calls: dict[str, Callable[[], None]], rounds: int, warmup: int
     for call in calls.values():
         for _ in range(warmup):
             call()
+    _synchronize(device)  # after this, each timed call ends synchronised (`_wall_and_cpu`)
     timings = {name: Timings() for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
-            _synchronize(device)
             _reset_peak(device)
             start = _allocated_mb(device)
             wall, cpu = _wall_and_cpu(call, device)
